@@ -1,0 +1,187 @@
+"""Self-describing checkpoints: one file that says how to rebuild, normalize and certify the model.
+
+Saved atomically (a crash never leaves a half-written file under the final name) and loaded with
+``torch.load(weights_only=True)``, so a checkpoint can carry tensors and plain values but never code.
+Reference checkpoints of the public smoothing repos (``{'arch', 'state_dict'}``) load too, given the
+dataset and σ that the file does not record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from certify.errors import UserError
+from certify.fsutil import atomic_writer
+
+FORMAT = "certify-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint knows; ``build_model()`` returns the network with its weights loaded."""
+
+    arch: str
+    dataset: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    certification: dict[str, Any]  # {"kind": "smoothing", "sigma": 0.25}; the ℓ∞ kinds need no σ
+    state_dict: dict[str, torch.Tensor]
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    resume_state: dict[str, Any] = field(default_factory=dict)  # optimizer, scheduler, RNG
+    path: Path | None = None
+    sha256: str = ""
+    reference_format: bool = False
+
+    def build_model(self, device: torch.device | str = "cpu") -> nn.Module:
+        """Rebuild the architecture and load the weights; a mismatch is reported as a user error."""
+        from certify.nets import build_model
+
+        model = build_model(self.arch, num_classes=self.num_classes, input_shape=self.input_shape,
+                            mean=self.mean, std=self.std, **self.arch_kwargs)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            detail = next((ln.strip() for ln in first[1:] if ln.strip()), first[0] if first else "")
+            raise UserError(
+                f"the weights in {self.path or 'the checkpoint'} do not fit {self.arch} on "
+                f"{self.dataset} ({'×'.join(map(str, self.input_shape))}, {self.num_classes} classes): "
+                f"{detail} — wrong --dataset?") from None
+        return model.to(device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs),
+            "dataset": self.dataset, "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "certification": dict(self.certification),
+            "training": dict(self.training), "command": self.command,
+            "metrics": dict(self.metrics), "epoch": self.epoch,
+            "resume_state": self.resume_state, "state_dict": self.state_dict,
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write atomically: temporary file in the same directory, fsync, rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write checkpoint {path}: directory {path.parent} does not exist")
+    with atomic_writer(path, "wb") as f:
+        torch.save(checkpoint.to_dict(), f)
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
+                    sigma: float | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load our checkpoints, or a reference ``{'arch', 'state_dict'}`` one given ``dataset`` and ``sigma``.
+
+    ``dataset``/``sigma`` given for one of our checkpoints must agree with what it records.
+    """
+    path = Path(path)
+    raw = _read(path, map_location)
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        raise UserError(f"{path} is not a model checkpoint (no 'state_dict' entry)")
+    if raw.get("format") == FORMAT:
+        ckpt = _from_ours(raw, path)
+        if dataset is not None and dataset != ckpt.dataset:
+            from certify.data import dataset_info
+
+            other = dataset_info(dataset)
+            raise UserError(
+                f"{path} was trained on {ckpt.dataset} ({'×'.join(map(str, ckpt.input_shape))}); "
+                f"--dataset {dataset} is {'×'.join(map(str, other.input_shape))}: drop --dataset, "
+                f"the checkpoint knows its data")
+        if sigma is not None and ckpt.certification.get("kind") == "smoothing":
+            ckpt.certification["sigma"] = float(sigma)  # an explicit σ overrides the training σ
+    else:
+        ckpt = _from_reference(raw, path, dataset, sigma)
+    ckpt.path = path
+    ckpt.sha256 = file_sha256(path)
+    return ckpt
+
+
+def _read(path: Path, map_location: str | torch.device) -> Any:
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower() or "unsupported global" in str(err).lower():
+            raise UserError(
+                f"refusing to load {path}: it contains pickled Python objects (code), which certify "
+                f"never executes; re-save it as a dict of tensors and plain values") from None
+        raise UserError(f"cannot read checkpoint {path}: corrupt file ({_first_line(err)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise UserError(f"cannot read checkpoint {path}: truncated or not a PyTorch checkpoint "
+                        f"({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _from_ours(raw: dict[str, Any], path: Path) -> Checkpoint:
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format version {version}; this certify reads "
+                        f"version {FORMAT_VERSION}: upgrade certify")
+    try:
+        norm = raw["normalization"]
+        return Checkpoint(
+            arch=raw["arch"], arch_kwargs=dict(raw.get("arch_kwargs", {})),
+            dataset=raw["dataset"], input_shape=tuple(raw["input_shape"]),
+            num_classes=int(raw["num_classes"]), mean=tuple(norm["mean"]), std=tuple(norm["std"]),
+            certification=dict(raw["certification"]), state_dict=raw["state_dict"],
+            training=dict(raw.get("training", {})), command=raw.get("command", ""),
+            metrics=dict(raw.get("metrics", {})), epoch=int(raw.get("epoch", 0)),
+            resume_state=raw.get("resume_state", {}) or {})
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path} is a damaged certify checkpoint (missing or bad field {err})") from None
+
+
+def _from_reference(raw: dict[str, Any], path: Path, dataset: str | None,
+                    sigma: float | None) -> Checkpoint:
+    from certify.data import dataset_info
+
+    arch = raw.get("arch")
+    if not isinstance(arch, str):
+        raise UserError(f"{path} has no architecture name ('arch'); it is neither a certify nor a "
+                        f"reference smoothing checkpoint")
+    if dataset is None or sigma is None:
+        raise UserError(f"{path} is a reference checkpoint ({{'arch', 'state_dict'}}) that does not "
+                        f"record its data or noise: pass --dataset and --sigma")
+    info = dataset_info(dataset)
+    # DataParallel-trained references carry a "module." component in every key
+    state = {".".join(part for part in k.split(".") if part != "module"): v
+             for k, v in raw["state_dict"].items()}
+    return Checkpoint(arch=arch, dataset=info.name, input_shape=info.input_shape,
+                      num_classes=info.num_classes, mean=info.mean, std=info.std,
+                      certification={"kind": "smoothing", "sigma": float(sigma)}, state_dict=state,
+                      epoch=int(raw.get("epoch", 0) or 0), reference_format=True)

@@ -1,0 +1,42 @@
+"""Option types shared by several commands."""
+
+from __future__ import annotations
+
+import click
+
+
+def pick_device(name: str):
+    """``auto`` → the first CUDA device when there is one, else the CPU."""
+    import torch
+
+    from certify.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name (use auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto, cpu, cuda or cuda:K.")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+    help="Directory with the dataset files (default: $CERTIFY_DATA, the Debian package path for "
+         "Fashion-MNIST, then ./data/NAME).")
+seed_option = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seed; each example's noise is seeded by (seed, index).")
+
+
+def command_line() -> str:
+    """The command as typed, recorded in checkpoints and sidecars."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    return " ".join(["certify", *map(shlex.quote, sys.argv[1:])]) if Path(sys.argv[0]).name == "certify" \
+        else " ".join(map(shlex.quote, sys.argv))

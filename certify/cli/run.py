@@ -1,0 +1,109 @@
+"""``certify run`` and ``certify merge``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from certify.cli.options import command_line, data_dir_option, device_option, pick_device, seed_option
+from certify.errors import UserError
+
+
+def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    try:
+        index, parts = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N such as 0/4, got {value!r}") from None
+    if not (parts >= 1 and 0 <= index < parts):
+        raise click.BadParameter(f"I/N needs 0 ≤ I < N, got {value}")
+    return index, parts
+
+
+@click.command("run")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results TSV (idx label predict radius correct time), one row per example, plus "
+                   "OUT.json with the settings.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Certify every K-th example (index 0, K, 2K, ...). The papers use 20 on CIFAR-10.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Number of examples to certify (default: all selected).")
+@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Noise samples that select the class.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Noise samples that estimate its probability. The largest certifiable radius is "
+                   "σ·Φ⁻¹(α^(1/N)): 3.81σ at 100000, 3.20σ at 10000, 2.46σ at 1000.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,
+              show_default=True, help="Failure probability of each certificate.")
+@click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Noisy copies per forward pass (memory only; results do not depend on it).")
+@seed_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="dtype of the base classifier's forward; noise is always fp32.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted OUT without repeating a row.")
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+@click.option("--shard", callback=_parse_shard, default=None, metavar="I/N",
+              help="Certify only shard I of N (0 ≤ I < N); 'certify merge' joins the shards.")
+@click.option("--dataset", default=None,
+              help="Only for reference checkpoints ({'arch','state_dict'}): their dataset.")
+@click.option("--sigma", type=click.FloatRange(0, min_open=True), default=None,
+              help="Noise level σ; required for reference checkpoints, otherwise overrides the "
+                   "training σ recorded in the checkpoint.")
+@device_option
+@data_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+def run_command(checkpoint: Path, out: Path, split: str, skip: int, count: int | None, n0: int, n: int,
+                alpha: float, batch: int, seed: int, precision: str, resume: bool, force: bool,
+                shard: tuple[int, int] | None, dataset: str | None, sigma: float | None,
+                device: str, data_dir: str | None, quiet: bool) -> None:
+    """Certify CHECKPOINT on a dataset split: a prediction and a certified radius per example.
+
+    The checkpoint knows its architecture, dataset, normalization and σ, so no flag repeats them.
+    Rows are written and flushed one at a time; an interrupted run continues with --resume.
+
+    \b
+    Examples:
+      certify run models/m.pt --out m.tsv --skip 20 --n 100000   # the papers' 500 CIFAR-10 images
+      certify run m.pt --out part0.tsv --shard 0/2 & certify run m.pt --out part1.tsv --shard 1/2
+      certify merge part0.tsv part1.tsv --out m.tsv
+    """
+    from certify.certifiers import CertifyOptions
+    from certify.runner import RunSpec, run_certification
+
+    if resume and force:
+        raise UserError("--resume and --force contradict each other: choose one")
+    options = CertifyOptions(n0=n0, n=n, alpha=alpha, batch_size=batch, seed=seed,
+                             precision=precision, device=pick_device(device))
+    spec = RunSpec(checkpoint=checkpoint, out=out, split=split, skip=skip, count=count, shard=shard,
+                   resume=resume, force=force, dataset=dataset, sigma=sigma,
+                   data_dir=Path(data_dir) if data_dir else None, options=options,
+                   command=command_line())
+    run_certification(spec, progress=not quiet)
+    if not quiet:
+        _print_summary([out])
+
+
+@click.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def merge_command(shards: tuple[Path, ...], out: Path) -> None:
+    """Join the TSV files of 'certify run --shard' into the rows of one run (sorted by index)."""
+    from certify.results import merge_results
+
+    merge_results(list(shards), out)
+    _print_summary([out])
+
+
+def _print_summary(paths: list[Path]) -> None:
+    from certify.results import default_radii, read_results, read_sidecar, summary_table
+
+    results = [read_results(p) for p in paths]
+    norm = (read_sidecar(paths[0]) or {}).get("norm", "l2")
+    click.echo(summary_table(results, [str(p) for p in paths], default_radii(results, norm)))
+
+
+COMMANDS = [run_command, merge_command]

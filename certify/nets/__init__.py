@@ -1,0 +1,90 @@
+"""Architecture registry: a name → a builder, and every model starts with its NormalizeLayer.
+
+``build_model("lenet", num_classes=10, input_shape=(1, 28, 28), mean=(0.,), std=(1.,))`` returns
+``nn.Sequential(NormalizeLayer, LeNet)``, the layout of the smoothing references, so their state dicts
+(keys ``1.conv1.weight``...) load unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from certify.errors import UserError
+from certify.nets.cifar_resnet import CifarResNet
+from certify.nets.lenet import LeNet
+from certify.nets.normalize import NormalizeLayer
+from certify.nets.small_cnn import SmallCNN
+
+__all__ = ["NormalizeLayer", "ArchSpec", "register_architecture", "available_architectures",
+           "build_model"]
+
+Shape = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to build one architecture, and which inputs it accepts."""
+
+    build: Callable[..., nn.Module]  # (num_classes, input_shape, **kwargs) -> nn.Module
+    summary: str
+    accepts: Callable[[Shape], bool] = lambda shape: True
+    accepts_text: str = "any input shape"
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register_architecture(name: str, spec: ArchSpec) -> None:
+    """Add an architecture; later issues register theirs (e.g. ℓ∞-dist nets) the same way."""
+    if name in _REGISTRY:
+        raise ValueError(f"architecture {name!r} is already registered")
+    _REGISTRY[name] = spec
+
+
+def available_architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def architecture_spec(name: str) -> ArchSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown architecture {name!r}; choose one of: "
+                        f"{', '.join(available_architectures())}") from None
+
+
+def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], mean: Sequence[float],
+                std: Sequence[float], **kwargs: Any) -> nn.Sequential:
+    """Build ``NormalizeLayer(mean, std)`` followed by the named network (random weights)."""
+    spec = architecture_spec(arch)
+    shape = tuple(int(s) for s in input_shape)
+    if not spec.accepts(shape):
+        raise UserError(f"architecture {arch!r} needs {spec.accepts_text}, but the data is "
+                        f"{'×'.join(map(str, shape))}")
+    if len(mean) != shape[0]:
+        raise UserError(f"normalization has {len(mean)} channels but inputs have {shape[0]}")
+    try:
+        net = spec.build(num_classes, shape, **kwargs)
+    except TypeError as err:
+        raise UserError(f"bad options for architecture {arch!r}: {err}") from None
+    return nn.Sequential(NormalizeLayer(mean, std), net)
+
+
+register_architecture("lenet", ArchSpec(
+    build=lambda k, shape: LeNet(num_classes=k, in_channels=shape[0]),
+    summary="LeNet of the SmoothMix MNIST experiments (conv20-conv50-fc500)",
+    accepts=lambda shape: shape[1:] == (28, 28), accepts_text="28×28 inputs"))
+register_architecture("small_cnn", ArchSpec(
+    build=lambda k, shape, width=16, hidden=128: SmallCNN(k, shape[0], shape[1], width, hidden),
+    summary="small 2-conv CNN for short CPU budgets (options: width, hidden)",
+    accepts=lambda shape: shape[1] == shape[2] and shape[1] % 4 == 0,
+    accepts_text="square inputs with a side divisible by 4"))
+for _depth in (20, 110):
+    register_architecture(f"cifar_resnet{_depth}", ArchSpec(
+        build=lambda k, shape, depth=_depth: CifarResNet(depth=depth, num_classes=k,
+                                                        in_channels=shape[0]),
+        summary=f"CIFAR ResNet-{_depth} of the smoothing references (widths 16/32/64)"))

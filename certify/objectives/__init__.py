@@ -1,0 +1,52 @@
+"""Training objectives, by name. Each says which certificate its model is trained for.
+
+An objective maps a batch to a loss; the trainer owns everything else (data, optimizer, schedule,
+checkpoints). Later objectives (SmoothMix, the ℓ∞-dist hinge, LDAM, ...) register here the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from certify.errors import UserError
+from certify.objectives.gaussian import GaussianAugmentation
+
+__all__ = ["Objective", "register_objective", "make_objective", "available_objectives",
+           "GaussianAugmentation"]
+
+
+class Objective(Protocol):
+    """One training criterion; ``certification`` is recorded in the checkpoint for ``certify run``."""
+
+    name: str
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def certification(self) -> dict[str, Any]: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+
+_REGISTRY: dict[str, Callable[..., Objective]] = {}
+
+
+def register_objective(name: str, factory: Callable[..., Objective]) -> None:
+    _REGISTRY[name] = factory
+
+
+def available_objectives() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_objective(name: str, **params: Any) -> Objective:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown objective {name!r}; choose one of: {', '.join(available_objectives())}")
+    return _REGISTRY[name](**params)
+
+
+register_objective("gaussian", GaussianAugmentation)

@@ -1,0 +1,143 @@
+"""``certify run``: certify a checkpoint over a dataset split, one TSV row per example.
+
+Rows are appended and flushed one at a time, so an interrupted run keeps every finished example, and
+``resume=True`` continues it without repeating or losing a row. Each example's noise depends only on
+(seed, index), so resumed, sharded (``shard=(i, n)``) and uninterrupted runs write the same rows.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import certify
+from certify.certifiers import CertifyOptions, make_certifier
+from certify.checkpoint import load_checkpoint
+from certify.errors import UserError
+from certify.results import ResultWriter, check_writable, read_sidecar, write_sidecar
+
+# Sidecar keys that must match for --resume to continue a file (the rest may differ between sessions).
+RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "skip", "count", "shard", "certifier",
+               "norm", "sigma", "n0", "n", "alpha", "precision", "seed")
+
+
+@dataclass
+class RunSpec:
+    """Everything ``certify run`` needs; ``dataset``/``sigma`` only matter for reference checkpoints."""
+
+    checkpoint: Path
+    out: Path
+    split: str = "test"
+    skip: int = 1
+    count: int | None = None
+    shard: tuple[int, int] | None = None  # (index, number of shards), index from 0
+    resume: bool = False
+    force: bool = False
+    dataset: str | None = None
+    sigma: float | None = None
+    data_dir: Path | None = None
+    options: CertifyOptions = field(default_factory=CertifyOptions)
+    command: str = ""
+
+
+def select_indices(total: int, skip: int = 1, count: int | None = None,
+                   shard: tuple[int, int] | None = None) -> list[int]:
+    """Every ``skip``-th example from 0, the first ``count`` of those, then this shard's share.
+
+    ``count`` counts certified examples (the reference's ``--max`` compares the dataset index instead).
+    """
+    if skip < 1:
+        raise UserError(f"--skip must be at least 1, got {skip}")
+    if count is not None and count < 1:
+        raise UserError(f"--count must be at least 1, got {count}")
+    indices = list(range(0, total, skip))[:count]
+    if shard is not None:
+        index, parts = shard
+        if not (parts >= 1 and 0 <= index < parts):
+            raise UserError(f"--shard must be I/N with 0 ≤ I < N, got {index}/{parts}")
+        indices = indices[index::parts]
+    return indices
+
+
+def run_certification(spec: RunSpec, progress: bool = True) -> Path:
+    """Certify the selected examples of ``spec.split`` into ``spec.out`` (+ its JSON sidecar)."""
+    from certify.data import load_dataset
+
+    out = Path(spec.out)
+    check_writable(out)
+    if out.exists() and not (spec.resume or spec.force):
+        raise UserError(f"{out} exists: pass --resume to continue it, --force to overwrite it, "
+                        f"or choose another --out")
+    ckpt = load_checkpoint(spec.checkpoint, dataset=spec.dataset, sigma=spec.sigma)
+    opts = spec.options
+    model = ckpt.build_model(opts.device)
+    data = load_dataset(ckpt.dataset, spec.split, data_dir=spec.data_dir)
+    indices = select_indices(len(data), spec.skip, spec.count, spec.shard)
+    certifier = make_certifier(ckpt, model, opts)
+
+    sidecar = {
+        "toolkit": f"certify {certify.__version__}", "command": spec.command,
+        "checkpoint": str(spec.checkpoint), "checkpoint_sha256": ckpt.sha256,
+        "dataset": ckpt.dataset, "split": spec.split, "skip": spec.skip, "count": spec.count,
+        "shard": f"{spec.shard[0]}/{spec.shard[1]}" if spec.shard else None,
+        "examples": len(indices), **certifier.describe(),
+        "device": _device_name(opts.device), "hostname": socket.gethostname(),
+        "torch": torch.__version__, "python": platform.python_version(),
+    }
+    previous = read_sidecar(out) if spec.resume and out.exists() else None
+    if previous is not None:
+        changed = [k for k in RESUME_KEYS if previous.get(k) != sidecar.get(k)]
+        if changed:
+            raise UserError(f"cannot --resume {out}: it was made with different settings "
+                            f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)})")
+    sidecar["started"] = (previous or {}).get("started") or _now()
+    sidecar["complete"] = False
+    earlier_wall = float((previous or {}).get("wall_time", 0.0))
+    write_sidecar(out, sidecar)
+
+    start = time.perf_counter()
+    with ResultWriter(out, resume=spec.resume) as writer:
+        todo = [i for i in indices if i not in writer.done]
+        _certify_rows(certifier, data, todo, writer, progress)
+    sidecar.update(complete=True, finished=_now(),
+                   wall_time=round(earlier_wall + time.perf_counter() - start, 3))
+    write_sidecar(out, sidecar)
+    return out
+
+
+def _certify_rows(certifier: Any, data: Any, todo: list[int], writer: ResultWriter,
+                  progress: bool) -> None:
+    from tqdm import tqdm
+
+    correct = abstained = 0
+    with tqdm(total=len(todo), unit="img", desc="certify", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for done, idx in enumerate(todo, start=1):
+            x, label = data[idx]
+            t0 = time.perf_counter()
+            prediction, radius = certifier.certify(x, idx)
+            seconds = time.perf_counter() - t0
+            hit = int(prediction == label)
+            writer.write(idx, label, prediction, radius, hit, seconds)
+            correct += hit
+            abstained += prediction < 0
+            bar.set_postfix(acc=f"{correct / done:.3f}", abstain=f"{abstained / done:.1%}",
+                            refresh=False)
+            bar.update()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
