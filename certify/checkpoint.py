@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +136,7 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
                 f"refusing to load {path}: it contains pickled Python objects (code), which certify "
                 f"never executes; re-save it as a dict of tensors and plain values") from None
         raise UserError(f"cannot read checkpoint {path}: corrupt file ({_first_line(err)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # a damaged file can fail anywhere inside the unpickler
         raise UserError(f"cannot read checkpoint {path}: truncated or not a PyTorch checkpoint "
                         f"({_first_line(err)})") from None
 

@@ -1,0 +1,275 @@
+"""Throughput of ``Smooth.certify`` against the reference certify loop and the bare forward pass.
+
+Three things are timed on one (randomly initialised, seeded) model, in one process:
+
+  (a) ``reference``: the certify loop of the original randomized-smoothing code (Cohen, Rosenfeld &
+      Kolter 2019), re-implemented here: per batch ``x.repeat``, fresh ``randn_like`` noise,
+      ``model(batch + noise).argmax(1)``, a copy to the host and a Python loop counting the votes.
+      Always fp32.
+  (b) ``smooth[p]``: ``certify.smoothing.core.Smooth(model, 10, sigma, precision=p).certify(...)``,
+      once per precision ``p`` in ``--precision``.
+  (c) ``forward[p]``: the model's forward + argmax over ready-made noisy batches, the same number of
+      samples (n0 + n) in batches of the same size, with no noise drawn and no votes counted: the
+      limit (b) can reach. fp32, plus autocast to every other precision asked for.
+
+Repetitions are interleaved (a, b, c, a, b, c, ...) after one warm-up call of each, and each method
+is reported by its median time over the repetitions, so load drifting on a shared machine hits all of
+them alike. Ratios are throughput ratios (>1: the first is faster): b/a is the speed-up over the
+reference, b/c is the fraction of the bare forward's speed that ``Smooth`` keeps.
+
+Usage:
+  GPU (the issue's measurement; the defaults are meant for it):
+    python benchmarks/certify_throughput.py --arch cifar_resnet110 --json results/certify_throughput_gpu.json
+  CPU (2 cores, LeNet 28×28, ~2–3 minutes):
+    python benchmarks/certify_throughput.py --n 20000 --examples 2 --repeats 3 --precision fp32
+  The defaults (n = 100000, fp32 and bf16) take far longer on a small CPU: LeNet runs at ~2500
+  samples/s there, and bf16 autocast on a CPU without native bf16 (no AVX512-BF16/AMX) is ~6× slower
+  than fp32, so leave bf16 out on such CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import norm
+from statsmodels.stats.proportion import proportion_confint  # imported up front, as the reference does
+
+from certify.nets import build_model
+from certify.smoothing.core import PRECISIONS, Smooth
+
+NUM_CLASSES = 10
+ARCHS = {
+    "lenet": dict(input_shape=(1, 28, 28), mean=(0.0,), std=(1.0,)),
+    "cifar_resnet110": dict(input_shape=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465),
+                            std=(0.2023, 0.1994, 0.2010)),
+}
+ABSTAIN = -1
+
+
+# ---------------------------------------------------------------- (a) the reference certify loop
+
+def _reference_counts(model, x, num, batch_size, sigma):
+    """Votes of ``model`` on ``num`` noisy copies of x, counted the way the reference counts them."""
+    with torch.no_grad():
+        counts = np.zeros(NUM_CLASSES, dtype=int)
+        for _ in range(math.ceil(num / batch_size)):
+            this_batch_size = min(batch_size, num)
+            num -= this_batch_size
+            batch = x.repeat((this_batch_size, 1, 1, 1))
+            noise = torch.randn_like(batch, device=x.device) * sigma
+            predictions = model(batch + noise).argmax(1)
+            per_batch = np.zeros(NUM_CLASSES, dtype=int)
+            for idx in predictions.cpu().numpy():  # one host copy and a Python loop per batch
+                per_batch[idx] += 1
+            counts += per_batch
+        return counts
+
+
+def reference_certify(model, x, n0, n, alpha, batch_size, sigma):
+    """(class, radius) or (ABSTAIN, 0.0), as the reference ``Smooth.certify``."""
+    model.eval()
+    c_hat = _reference_counts(model, x, n0, batch_size, sigma).argmax().item()
+    n_a = _reference_counts(model, x, n, batch_size, sigma)[c_hat].item()
+    p_lower = proportion_confint(n_a, n, alpha=2 * alpha, method="beta")[0]
+    if p_lower < 0.5:
+        return ABSTAIN, 0.0
+    return c_hat, float(sigma * norm.ppf(p_lower))
+
+
+# ---------------------------------------------------------------- (c) the bare forward pass
+
+def bare_forward(model, noisy, n0, n, batch_size, dtype):
+    """Forward + argmax over ``noisy`` (a ready batch) for n0 then n samples; nothing else."""
+    autocast = (torch.autocast(device_type=noisy.device.type, dtype=dtype) if dtype is not None
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        for num in (n0, n):
+            for start in range(0, num, batch_size):
+                model(noisy[: min(batch_size, num - start)]).argmax(1)
+
+
+# ---------------------------------------------------------------- harness
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({name}, {torch.backends.cpu.get_cpu_capability()})"
+
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=sorted(ARCHS), default="lenet")
+    p.add_argument("--n", type=int, default=100_000, help="estimation samples per example")
+    p.add_argument("--n0", type=int, default=100, help="selection samples per example")
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--sigma", type=float, default=0.25)
+    p.add_argument("--examples", type=int, default=3, help="inputs certified per repetition")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="fp32,bf16",
+                   help=f"comma list for (b) and (c), from {sorted(PRECISIONS)}")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write every number to this file")
+    args = p.parse_args(argv)
+    args.precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
+    for prec in args.precisions:
+        if prec not in PRECISIONS:
+            p.error(f"unknown precision {prec!r}; choose from {sorted(PRECISIONS)}")
+    if not args.precisions:
+        p.error("--precision is empty")
+    for name in ("n", "n0", "batch", "examples", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    spec = ARCHS[args.arch]
+    model = build_model(args.arch, num_classes=NUM_CLASSES, **spec).to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    shape = spec["input_shape"]
+    gen = torch.Generator().manual_seed(args.seed)
+    xs = [torch.rand(shape, generator=gen).to(device) for _ in range(args.examples)]
+    # (c)'s ready-made noisy batches, one per example, built outside the timed region
+    noisy = [(x + args.sigma * torch.randn((args.batch, *shape), generator=gen).to(device))
+             for x in xs]
+    samples_per_example = args.n0 + args.n
+
+    print(f"torch {torch.__version__} | {_device_name(device)} | threads {torch.get_num_threads()} | "
+          f"arch {args.arch} {'x'.join(map(str, shape))} | n0 {args.n0} n {args.n} batch {args.batch} | "
+          f"sigma {args.sigma} alpha {args.alpha} | examples {args.examples} repeats {args.repeats}",
+          flush=True)
+    if (device.type == "cpu" and "bf16" in args.precisions
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        print("note: this CPU has no native bf16; bf16 autocast will be much slower than fp32",
+              flush=True)
+
+    # Every method: a callable (x index, n0, n, seed) -> result or None.
+    methods = {"reference": lambda i, n0, n, seed: (
+        torch.manual_seed(seed),
+        reference_certify(model, xs[i], n0, n, args.alpha, args.batch, args.sigma))[1]}
+    for prec in args.precisions:
+        smooth = Smooth(model, NUM_CLASSES, args.sigma, precision=prec)
+
+        def run_smooth(i, n0, n, seed, smooth=smooth):
+            g = torch.Generator(device=device).manual_seed(seed)
+            return smooth.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
+        methods[f"smooth[{prec}]"] = run_smooth
+    for prec in ["fp32"] + [p for p in args.precisions if p != "fp32"]:
+        methods[f"forward[{prec}]"] = (
+            lambda i, n0, n, seed, dtype=PRECISIONS[prec]:
+            bare_forward(model, noisy[i], n0, n, args.batch, dtype))
+
+    # Warm-up: one call of each, large enough to meet every batch shape of the timed calls
+    # (n0's batch, full batches, the remainder), lazy imports, allocator and kernel selection.
+    warm_n = min(args.n, args.batch + args.n % args.batch)
+    for name, fn in methods.items():
+        t0 = time.perf_counter()
+        fn(0, args.n0, warm_n, args.seed)
+        _sync(device)
+        print(f"warm-up {name:<16} {time.perf_counter() - t0:7.2f} s", flush=True)
+
+    times = {name: [] for name in methods}
+    results = {name: [] for name in methods if not name.startswith("forward")}
+    for rep in range(args.repeats):
+        line = []
+        for name, fn in methods.items():
+            out = []
+            _sync(device)
+            t0 = time.perf_counter()
+            for i in range(args.examples):
+                out.append(fn(i, args.n0, args.n, args.seed + 1 + 1000 * rep + i))
+            _sync(device)
+            elapsed = time.perf_counter() - t0
+            times[name].append(elapsed)
+            if name in results:
+                results[name].append([[int(c), float(r)] for c, r in out])
+            line.append(f"{name} {elapsed:.2f}s")
+        print(f"rep {rep + 1}/{args.repeats}: " + "  ".join(line), flush=True)
+
+    summary = {}
+    print(f"\n{'method':<16} {'median s':>9} {'s/example':>10} {'samples/s':>11}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        summary[name] = dict(times_s=ts, median_s=med, s_per_example=med / args.examples,
+                             samples_per_s=samples_per_example * args.examples / med)
+        print(f"{name:<16} {med:9.3f} {med / args.examples:10.4f} {summary[name]['samples_per_s']:11.0f}")
+
+    def ratio(fast, slow):
+        """Throughput of ``fast`` over ``slow``: of the medians, and the median of paired reps."""
+        of_medians = summary[slow]["median_s"] / summary[fast]["median_s"]
+        paired = statistics.median(s / f for s, f in zip(times[slow], times[fast]))
+        return dict(of_medians=of_medians, paired_median=paired)
+
+    ratios = {}
+    print()
+    for prec in args.precisions:
+        b, c = f"smooth[{prec}]", f"forward[{prec}]"
+        ratios[f"b/a[{prec}]"] = ratio(b, "reference")
+        ratios[f"b/c[{prec}]"] = ratio(b, c)
+        print(f"{prec}: b/a = {ratios[f'b/a[{prec}]']['of_medians']:.3f} "
+              f"(paired {ratios[f'b/a[{prec}]']['paired_median']:.3f})   "
+              f"b/c = {ratios[f'b/c[{prec}]']['of_medians']:.3f} "
+              f"(paired {ratios[f'b/c[{prec}]']['paired_median']:.3f})")
+
+    # Agreement: different random streams, so the radii differ by sampling error; the classes
+    # (and abstentions) should match unless pA is close to 1/2.
+    print("\nagreement (last repetition; class, radius):")
+    last = {name: res[-1] for name, res in results.items()}
+    for i in range(args.examples):
+        cells = [f"{name} ({c}, {r:.4f})" for name, res in last.items() for c, r in [res[i]]]
+        same = len({res[i][0] for res in last.values()}) == 1
+        print(f"  example {i}: " + "  ".join(cells) + ("" if same else "   <-- classes differ"))
+    all_same = all(len({res[k][i][0] for res in results.values()}) == 1
+                   for k in range(args.repeats) for i in range(args.examples))
+    print(f"same class for every example and repetition: {'yes' if all_same else 'NO'}")
+
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = dict(
+            torch=torch.__version__, python=sys.version.split()[0], device=_device_name(device),
+            threads=torch.get_num_threads(),
+            config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            samples_per_example=samples_per_example, methods=summary, ratios=ratios,
+            results=results, same_class_everywhere=all_same)
+        args.json.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The command line: bad input gives one line and no output; resume and shards reproduce a run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from certify.cli import main
+from certify.results import read_results, read_sidecar
+from conftest import make_checkpoint
+
+
+def cli(*args: str) -> int:
+    """Run ``certify ARGS`` in-process and return its exit code."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return exit_info.value.code
+
+
+def run_args(ckpt: Path, out: Path, data: Path, *extra: str) -> list[str]:
+    return ["run", ckpt, "--out", out, "--data-dir", data, "--n0", "20", "--n", "200",
+            "--batch", "64", "--quiet", "--seed", "3", *extra]
+
+
+def rows_without_time(path: Path) -> list[list[str]]:
+    lines = path.read_text().splitlines()
+    return [line.split("\t")[:5] for line in lines]
+
+
+def test_run_writes_rows_and_sidecar(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--skip", "2")) == 0
+    res = read_results(out)
+    assert res.idx.tolist() == [0, 2, 4, 6, 8, 10]
+    assert set(res.predict.tolist()) <= set(range(-1, 10))
+    assert ((res.predict == -1) <= (res.radius == 0)).all()
+    side = read_sidecar(out)
+    assert side["complete"] is True and side["examples"] == 6
+    assert (side["sigma"], side["n0"], side["n"], side["alpha"], side["norm"]) == (0.25, 20, 200, 0.001, "l2")
+    assert side["dataset"] == "fashion-mnist" and len(side["checkpoint_sha256"]) == 64
+
+
+def test_count_counts_certified_examples(small_checkpoint, fake_fmnist, tmp_path):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--skip", "3", "--count", "3")) == 0
+    assert read_results(out).idx.tolist() == [0, 3, 6]  # the reference's --max would give [0]
+
+
+def test_resume_after_interruption_gives_the_same_rows(small_checkpoint, fake_fmnist, tmp_path,
+                                                       monkeypatch):
+    full, part = tmp_path / "full.tsv", tmp_path / "part.tsv"
+    assert cli(*run_args(small_checkpoint, full, fake_fmnist)) == 0
+
+    from certify.smoothing.certifier import SmoothingCertifier
+
+    original = SmoothingCertifier.certify
+    calls = {"n": 0}
+
+    def interrupted(self, x, idx):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, x, idx)
+
+    monkeypatch.setattr(SmoothingCertifier, "certify", interrupted)
+    assert cli(*run_args(small_checkpoint, part, fake_fmnist)) == 130
+    assert len(read_results(part)) == 4
+    with open(part, "a") as f:
+        f.write("4\t3\t")  # and a torn last line, as a crash mid-write leaves
+    monkeypatch.setattr(SmoothingCertifier, "certify", original)
+    assert cli(*run_args(small_checkpoint, part, fake_fmnist, "--resume")) == 0
+    assert rows_without_time(part) == rows_without_time(full)
+    assert read_sidecar(part)["complete"] is True
+
+
+def test_resume_with_other_settings_is_refused(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2")) == 0
+    before = out.read_text()
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2", "--resume",
+                         "--alpha", "0.01")) == 2
+    assert "cannot --resume" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_existing_output_needs_resume_or_force(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2")) == 0
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2")) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2", "--force")) == 0
+
+
+def test_shards_merge_into_the_rows_of_one_run(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    full = tmp_path / "full.tsv"
+    assert cli(*run_args(small_checkpoint, full, fake_fmnist, "--batch", "200")) == 0
+    shards = [tmp_path / f"s{i}.tsv" for i in range(3)]
+    for i, shard in enumerate(shards):
+        assert cli(*run_args(small_checkpoint, shard, fake_fmnist, "--shard", f"{i}/3")) == 0
+    assert read_results(shards[1]).idx.tolist() == [1, 4, 7, 10]
+    merged = tmp_path / "merged.tsv"
+    assert cli("merge", *shards, "--out", merged) == 0
+    assert rows_without_time(merged) == rows_without_time(full)
+    assert "ACR" in capsys.readouterr().out
+
+
+def test_plot_command(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist)) == 0
+    ref = tmp_path / "reference.tsv"  # a file in the format of the public smoothing repos
+    ref.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.378\t1\t0:00:01.5\n"
+                   "20\t1\t-1\t0.0\t0\t15.4\n")
+    png = tmp_path / "curve.png"
+    capsys.readouterr()
+    assert cli("plot", out, ref, "--label", "ours", "--label", "reference", "--out", png,
+               "--table", tmp_path / "t.md") == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "| reference | 0.500" in table and "0.189" in table  # ACR = 0.378 / 2
+    assert (tmp_path / "t.md").read_text() == table
+
+
+def test_info_command(small_checkpoint, capsys):
+    assert cli("info", small_checkpoint) == 0
+    out = capsys.readouterr().out
+    assert "small_cnn" in out and "sigma=0.25" in out and "made by the test suite" in out
+
+
+# ------------------------------------------------------------------------------ bad input
+
+def _truncated(tmp_path: Path, ckpt: Path) -> Path:
+    path = tmp_path / "cut.pt"
+    path.write_bytes(ckpt.read_bytes()[:1000])
+    return path
+
+
+def _evil(tmp_path: Path, ckpt: Path) -> Path:
+    from test_checkpoint import Payload
+
+    path = tmp_path / "evil.pt"
+    torch.save({"arch": "lenet", "state_dict": {}, "x": Payload(str(tmp_path / "pwned"))}, path)
+    return path
+
+
+def _cifar(tmp_path: Path, ckpt: Path) -> Path:
+    from certify.checkpoint import save_checkpoint
+
+    return save_checkpoint(make_checkpoint("small_cnn", dataset="cifar10", input_shape=(3, 32, 32),
+                                           width=4, hidden=16), tmp_path / "cifar.pt")
+
+
+def _reference_cifar(tmp_path: Path, ckpt: Path) -> Path:
+    path = tmp_path / "ref.pth.tar"
+    state = make_checkpoint("cifar_resnet20", dataset="cifar10", input_shape=(3, 32, 32)).state_dict
+    torch.save({"arch": "cifar_resnet20", "state_dict": state}, path)
+    return path
+
+
+BAD_INPUTS = {
+    "missing checkpoint": (lambda t, c: t / "nope.pt", [], "checkpoint not found"),
+    "truncated checkpoint": (_truncated, [], "truncated"),
+    "pickled code": (_evil, ["--dataset", "fashion-mnist", "--sigma", "0.25"], "pickled Python objects"),
+    "other dataset": (_cifar, ["--dataset", "fashion-mnist"], "trained on cifar10"),
+    "reference for another dataset": (_reference_cifar, ["--dataset", "fashion-mnist", "--sigma", "0.5"],
+                                      "do not fit"),
+    "sigma zero": (lambda t, c: c, ["--sigma", "0"], "--sigma"),
+    "sigma negative": (lambda t, c: c, ["--sigma", "-0.5"], "--sigma"),
+    "alpha zero": (lambda t, c: c, ["--alpha", "0"], "--alpha"),
+    "alpha one": (lambda t, c: c, ["--alpha", "1"], "--alpha"),
+    "alpha above one": (lambda t, c: c, ["--alpha", "1.5"], "--alpha"),
+    "n0 zero": (lambda t, c: c, ["--n0", "0"], "--n0"),
+    "n zero": (lambda t, c: c, ["--n", "0"], "--n"),
+    "bad shard": (lambda t, c: c, ["--shard", "3/3"], "--shard"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_one_line_no_output(case, small_checkpoint, fake_fmnist, tmp_path, capsys):
+    make, extra, message = BAD_INPUTS[case]
+    ckpt = make(tmp_path, small_checkpoint)
+    out = tmp_path / "out" / "r.tsv"
+    out.parent.mkdir()
+    code = cli(*run_args(ckpt, out, fake_fmnist), *extra)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert list(out.parent.iterdir()) == []  # no partial results, no sidecar
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("out", ["missing_dir/r.tsv", "file.txt/r.tsv"])
+def test_unwritable_out(out, small_checkpoint, fake_fmnist, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("not a directory")
+    assert cli(*run_args(small_checkpoint, tmp_path / out, fake_fmnist)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot write" in err
+    assert not (tmp_path / "missing_dir").exists()
+
+
+def test_missing_dataset_says_how_to_get_it(small_checkpoint, tmp_path, capsys):
+    assert cli(*run_args(small_checkpoint, tmp_path / "r.tsv", tmp_path / "empty")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "dataset-fashion-mnist" in err
+    assert not (tmp_path / "r.tsv").exists()
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    """The installed entry point, in a real process: stderr is one line, exit code 2."""
+    proc = subprocess.run([sys.executable, "-c", "from certify.cli import main; main()", "run",
+                           str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r.tsv")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+
+
+def test_help_teaches(capsys):
+    assert cli("run", "--help") == 0
+    text = capsys.readouterr().out
+    for word in ("--resume", "--shard", "--count", "--n0", "Examples"):
+        assert word in text
