@@ -12,19 +12,28 @@ Three things are timed on one (randomly initialised, seeded) model, in one proce
       samples (n0 + n) in batches of the same size, with no noise drawn and no votes counted: the
       limit (b) can reach. fp32, plus autocast to every other precision asked for.
 
-Repetitions are interleaved (a, b, c, a, b, c, ...) after one warm-up call of each, and each method
-is reported by its median time over the repetitions, so load drifting on a shared machine hits all of
-them alike. Ratios are throughput ratios (>1: the first is faster): b/a is the speed-up over the
-reference, b/c is the fraction of the bare forward's speed that ``Smooth`` keeps.
+Each repetition certifies every example once with every method, example by example (a(x0) b(x0)
+c(x0) a(x1) ...), after one warm-up call of each; a method is reported by its median time over the
+repetitions, so load drifting on a shared machine hits all of them alike. Ratios are throughput
+ratios (>1: the first is faster): b/a is the speed-up over the reference, b/c the fraction of the
+bare forward's speed that ``Smooth`` keeps. Each ratio is printed of the medians and, in brackets,
+as the median of the per-call paired ratios, which is steadier on a noisy machine.
 
 Usage:
   GPU (the issue's measurement; the defaults are meant for it):
     python benchmarks/certify_throughput.py --arch cifar_resnet110 --json results/certify_throughput_gpu.json
-  CPU (2 cores, LeNet 28×28, ~2–3 minutes):
+  CPU (2 cores, LeNet 28×28, about 1.5–3 minutes depending on load):
     python benchmarks/certify_throughput.py --n 20000 --examples 2 --repeats 3 --precision fp32
-  The defaults (n = 100000, fp32 and bf16) take far longer on a small CPU: LeNet runs at ~2500
+  The defaults (n = 100000, fp32 and bf16) take far longer on a small CPU: LeNet runs at ~2500–10000
   samples/s there, and bf16 autocast on a CPU without native bf16 (no AVX512-BF16/AMX) is ~6× slower
   than fp32, so leave bf16 out on such CPUs.
+
+CPU timings depend on the allocator as much as on the code: at batch 1000 LeNet's first activation
+(~46 MB) is over glibc's 32 MiB mmap ceiling, so every forward maps and faults in fresh pages (over
+half the time on a 2-core machine). All three methods pay it alike, so the ratios stay fair; compare
+absolute numbers only under the same setting (the header prints GLIBC_TUNABLES and thread variables),
+e.g. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296``
+or a batch of at most 512 avoids it.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -119,6 +129,12 @@ def _device_name(device):
     return f"CPU ({name}, {torch.backends.cpu.get_cpu_capability()})"
 
 
+def _environment():
+    """Settings outside torch that move CPU timings a lot (threads, the allocator)."""
+    return {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GLIBC_TUNABLES",
+                                       "LD_PRELOAD") if os.environ.get(k)}
+
+
 def _parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +190,8 @@ def main(argv=None):
           f"arch {args.arch} {'x'.join(map(str, shape))} | n0 {args.n0} n {args.n} batch {args.batch} | "
           f"sigma {args.sigma} alpha {args.alpha} | examples {args.examples} repeats {args.repeats}",
           flush=True)
+    if _environment():
+        print("env: " + " ".join(f"{k}={v}" for k, v in _environment().items()), flush=True)
     if (device.type == "cpu" and "bf16" in args.precisions
             and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         print("note: this CPU has no native bf16; bf16 autocast will be much slower than fp32",
@@ -204,36 +222,41 @@ def main(argv=None):
         _sync(device)
         print(f"warm-up {name:<16} {time.perf_counter() - t0:7.2f} s", flush=True)
 
+    # times[name][rep][i]: one certify (or forward sweep) of example i. The order is example-major,
+    # a(x0) b(x0) c(x0) a(x1) ..., so the calls compared with each other run seconds apart.
     times = {name: [] for name in methods}
     results = {name: [] for name in methods if not name.startswith("forward")}
     for rep in range(args.repeats):
-        line = []
-        for name, fn in methods.items():
-            out = []
-            _sync(device)
-            t0 = time.perf_counter()
-            for i in range(args.examples):
-                out.append(fn(i, args.n0, args.n, args.seed + 1 + 1000 * rep + i))
-            _sync(device)
-            elapsed = time.perf_counter() - t0
-            times[name].append(elapsed)
+        for name in methods:
+            times[name].append([])
             if name in results:
-                results[name].append([[int(c), float(r)] for c, r in out])
-            line.append(f"{name} {elapsed:.2f}s")
-        print(f"rep {rep + 1}/{args.repeats}: " + "  ".join(line), flush=True)
+                results[name].append([])
+        for i in range(args.examples):
+            for name, fn in methods.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                out = fn(i, args.n0, args.n, args.seed + 1 + 1000 * rep + i)
+                _sync(device)
+                times[name][rep].append(time.perf_counter() - t0)
+                if name in results:
+                    results[name][rep].append([int(out[0]), float(out[1])])
+        print(f"rep {rep + 1}/{args.repeats}: "
+              + "  ".join(f"{name} {sum(ts[rep]):.2f}s" for name, ts in times.items()), flush=True)
 
     summary = {}
     print(f"\n{'method':<16} {'median s':>9} {'s/example':>10} {'samples/s':>11}")
     for name, ts in times.items():
-        med = statistics.median(ts)
+        med = statistics.median(sum(per_rep) for per_rep in ts)
         summary[name] = dict(times_s=ts, median_s=med, s_per_example=med / args.examples,
                              samples_per_s=samples_per_example * args.examples / med)
         print(f"{name:<16} {med:9.3f} {med / args.examples:10.4f} {summary[name]['samples_per_s']:11.0f}")
 
     def ratio(fast, slow):
-        """Throughput of ``fast`` over ``slow``: of the medians, and the median of paired reps."""
+        """Throughput of ``fast`` over ``slow``: of the medians, and the median of the paired
+        per-call ratios (each example of each repetition; robust to drifting load)."""
         of_medians = summary[slow]["median_s"] / summary[fast]["median_s"]
-        paired = statistics.median(s / f for s, f in zip(times[slow], times[fast]))
+        paired = statistics.median(s / f for rs, rf in zip(times[slow], times[fast])
+                                   for s, f in zip(rs, rf))
         return dict(of_medians=of_medians, paired_median=paired)
 
     ratios = {}
@@ -263,7 +286,7 @@ def main(argv=None):
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = dict(
             torch=torch.__version__, python=sys.version.split()[0], device=_device_name(device),
-            threads=torch.get_num_threads(),
+            threads=torch.get_num_threads(), env=_environment(),
             config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             samples_per_example=samples_per_example, methods=summary, ratios=ratios,
             results=results, same_class_everywhere=all_same)

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 
 from certify.errors import UserError  # noqa: E402
 from certify.fsutil import atomic_writer  # noqa: E402
-from certify.results import Results, _check_norm, _max_radius, check_writable  # noqa: E402
+from certify.results import Results, check_writable  # noqa: E402
+from certify.summary import check_norm, largest_radius  # noqa: E402
 
 __all__ = ["plot_certified_accuracy", "GRID_POINTS"]
 
@@ -47,11 +48,11 @@ def plot_certified_accuracy(
             f"cannot write plot {out}: unsupported extension {out.suffix or '(none)'!r}; "
             "use .png or .pdf"
         )
-    _check_norm(norm)
+    check_norm(norm)
     if len(labels) != len(results_list):
         raise ValueError(f"{len(results_list)} results but {len(labels)} labels")
     if max_radius is None:
-        max_radius = max(1.05 * _max_radius(results_list), _MIN_MAX_RADIUS)
+        max_radius = max(1.05 * largest_radius(results_list), _MIN_MAX_RADIUS)
     elif not (np.isfinite(max_radius) and max_radius > 0):
         raise UserError(f"max radius must be a positive number, got {max_radius}")
     check_writable(out)

@@ -10,17 +10,16 @@ import pytest
 
 from certify.errors import UserError
 from certify.fsutil import atomic_write_text, atomic_writer
+from certify.summary import default_radii, summary_table
 from certify.results import (
     HEADER,
     Results,
     ResultWriter,
     check_writable,
-    default_radii,
     merge_results,
     read_results,
     read_sidecar,
     sidecar_path,
-    summary_table,
     write_sidecar,
 )
 
@@ -248,12 +247,18 @@ def test_merge_sidecars(tmp_path: Path) -> None:
     a.write_text(HEAD + ROWS[0] + "\n")
     b.write_text(HEAD + ROWS[1] + "\n")
     common = {"norm": "l2", "seed": 0, "sigma": 0.25}
-    write_sidecar(a, {**common, "shard": "0/2", "wall_time": 10.0, "hostname": "x"})
-    write_sidecar(b, {**common, "shard": "1/2", "wall_time": 12.0, "hostname": "y"})
+    write_sidecar(a, {**common, "shard": "0/2", "wall_time": 10.0, "hostname": "x", "examples": 1,
+                      "complete": True, "command": "certify run m.pt --shard 0/2"})
+    write_sidecar(b, {**common, "shard": "1/2", "wall_time": 12.0, "hostname": "y", "examples": 1,
+                      "complete": True, "command": "certify run m.pt --shard 1/2"})
     out = tmp_path / "m.tsv"
     merge_results([a, b], out)
     meta = read_sidecar(out)
-    assert meta == {**common, "wall_time": 10.0, "hostname": "x", "merged_from": [str(a), str(b)]}
+    assert meta == {**common, "wall_time": 22.0, "hostname": "x", "merged_from": [str(a), str(b)],
+                    "examples": 2, "complete": True, "command": "certify run m.pt --shard 0/2"}
+    write_sidecar(b, {**common, "shard": "1/2", "examples": 1, "complete": False})
+    merge_results([a, b], tmp_path / "m1.tsv")
+    assert read_sidecar(tmp_path / "m1.tsv")["complete"] is False  # one shard did not finish
 
     write_sidecar(b, {**common, "seed": 1, "shard": "1/2"})
     out2 = tmp_path / "m2.tsv"

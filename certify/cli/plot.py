@@ -37,7 +37,8 @@ def plot_command(results: tuple[Path, ...], out: Path, labels: tuple[str, ...],
     """
     from certify.fsutil import atomic_write_text
     from certify.plot import plot_certified_accuracy
-    from certify.results import default_radii, read_results, read_sidecar, summary_table
+    from certify.results import read_results, read_sidecar
+    from certify.summary import default_radii, summary_table
 
     if labels and len(labels) != len(results):
         raise UserError(f"{len(labels)} --label for {len(results)} files: give one per file or none")

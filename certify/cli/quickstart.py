@@ -57,7 +57,8 @@ def quickstart_command(out_dir: Path, model: Path, retrain: bool, epochs: int, s
     from certify.data import load_dataset
     from certify.fsutil import atomic_write_text
     from certify.plot import plot_certified_accuracy
-    from certify.results import default_radii, read_results, summary_table
+    from certify.results import read_results
+    from certify.summary import default_radii, summary_table
     from certify.runner import RunSpec, run_certification
 
     torch_device = pick_device(device)

@@ -99,7 +99,8 @@ def merge_command(shards: tuple[Path, ...], out: Path) -> None:
 
 
 def _print_summary(paths: list[Path]) -> None:
-    from certify.results import default_radii, read_results, read_sidecar, summary_table
+    from certify.results import read_results, read_sidecar
+    from certify.summary import default_radii, summary_table
 
     results = [read_results(p) for p in paths]
     norm = (read_sidecar(paths[0]) or {}).get("norm", "l2")

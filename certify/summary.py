@@ -1,0 +1,102 @@
+"""Summaries of results tables: certified accuracy at chosen radii, ACR, abstentions, as Markdown."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from certify.errors import UserError
+from certify.results import Results
+
+__all__ = ["NORMS", "default_radii", "summary_table", "largest_radius", "check_norm"]
+
+NORMS = ("l2", "linf")
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise UserError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+
+
+def largest_radius(results_list: Iterable[Results]) -> float:
+    finite = [r.radius[np.isfinite(r.radius)] for r in results_list]
+    values = [float(a.max()) for a in finite if a.size]
+    return max(values, default=0.0)
+
+
+def default_radii(results_list: Sequence[Results], norm: str = "l2") -> list[float]:
+    """Radii for the summary table's columns, spaced to cover what the runs certify.
+
+    l2: steps of 0.25 from 0 to the first multiple above the largest radius (so the last column
+    shows where accuracy has dropped to 0); if that needs more than 12 columns the step grows
+    (0.5, 1, 2, ...) rather than cutting off the large radii. linf: the smallest step in
+    (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0) giving at most 8 nonzero radii up to the largest.
+    """
+    check_norm(norm)
+    rmax = largest_radius(results_list)
+    if norm == "l2":
+        step = 0.25
+        while math.floor(rmax / step) + 2 > 12:
+            step *= 2
+        n = math.floor(rmax / step) + 1
+    else:
+        n = 0
+        for step in (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0):
+            n = math.floor(rmax / step + 1e-9)
+            if n <= 8:
+                break
+        n = min(n, 8)
+    return [round(k * step, 10) for k in range(n + 1)]
+
+
+def _fmt_radius(r: float) -> str:
+    return f"{r:.2f}" if abs(round(r, 2) - r) < 1e-12 else f"{r:.4g}"
+
+
+def _fmt(x: float, spec: str, suffix: str = "") -> str:
+    return "n/a" if math.isnan(x) else f"{x:{spec}}{suffix}"
+
+
+def summary_table(
+    results_list: Sequence[Results], labels: Sequence[str], radii: Sequence[float]
+) -> str:
+    """Markdown table of certified accuracy per radius, ACR, abstain rate and time per example.
+
+    With several runs the best certified accuracy in each radius column and the best ACR get a
+    ``*`` (ties all marked), as in the reference's markdown tables, so the winner is visible.
+    """
+    if len(labels) != len(results_list):
+        raise ValueError(f"{len(results_list)} results but {len(labels)} labels")
+    radii = [float(r) for r in radii]
+    head = ["run", *(f"r={_fmt_radius(r)}" for r in radii), "ACR", "abstain", "s/example"]
+    acc = [[_fmt(a, ".3f") for a in res.certified_accuracy(radii)] for res in results_list]
+    acr = [_fmt(res.acr(), ".3f") for res in results_list]
+
+    def mark(column: list[str]) -> list[str]:
+        nums = [float(c) for c in column if c != "n/a"]
+        if len(results_list) < 2 or not nums:
+            return column
+        best = max(nums)
+        return [c + "*" if c != "n/a" and float(c) == best else c for c in column]
+
+    for j in range(len(radii)):
+        marked = mark([row[j] for row in acc])
+        for row, cell in zip(acc, marked):
+            row[j] = cell
+    acr = mark(acr)
+
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for label, res, row, a in zip(labels, results_list, acc, acr):
+        cells = [
+            str(label).replace("|", "\\|"),
+            *row,
+            a,
+            _fmt(100 * res.abstain_rate(), ".1f", "%"),
+            _fmt(res.seconds_per_example(), ".2f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
