@@ -29,11 +29,10 @@ Usage:
   than fp32, so leave bf16 out on such CPUs.
 
 CPU timings depend on the allocator as much as on the code: at batch 1000 LeNet's first activation
-(~46 MB) is over glibc's 32 MiB mmap ceiling, so every forward maps and faults in fresh pages (over
-half the time on a 2-core machine). All three methods pay it alike, so the ratios stay fair; compare
-absolute numbers only under the same setting (the header prints GLIBC_TUNABLES and thread variables),
-e.g. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296``
-or a batch of at most 512 avoids it.
+(~46 MB) is over glibc's default 32 MiB mmap threshold, so every forward maps and faults in fresh
+pages. The ``certify`` command raises those thresholds at start-up (certify/allocator.py), and so
+does this script unless ``--no-malloc-tuning`` is given; all three methods run under the same
+setting, so the ratios stay fair either way.
 """
 
 from __future__ import annotations
@@ -52,16 +51,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import norm
-from statsmodels.stats.proportion import proportion_confint  # imported up front, as the reference does
+from statsmodels.stats.proportion import proportion_confint
 
+from certify.allocator import tune_malloc
 from certify.nets import build_model
 from certify.smoothing.core import PRECISIONS, Smooth
 
 NUM_CLASSES = 10
 ARCHS = {
-    "lenet": dict(input_shape=(1, 28, 28), mean=(0.0,), std=(1.0,)),
-    "cifar_resnet110": dict(input_shape=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465),
-                            std=(0.2023, 0.1994, 0.2010)),
+    "lenet": {"input_shape": (1, 28, 28), "mean": (0.0,), "std": (1.0,)},
+    "cifar_resnet110": {"input_shape": (3, 32, 32), "mean": (0.4914, 0.4822, 0.4465),
+                        "std": (0.2023, 0.1994, 0.2010)},
 }
 ABSTAIN = -1
 
@@ -86,7 +86,10 @@ def _reference_counts(model, x, num, batch_size, sigma):
 
 
 def reference_certify(model, x, n0, n, alpha, batch_size, sigma):
-    """(class, radius) or (ABSTAIN, 0.0), as the reference ``Smooth.certify``."""
+    """(class, radius) or (ABSTAIN, 0.0), as the reference ``Smooth.certify``.
+
+    statsmodels is imported at the top of this file, as in the reference, so its import is not timed.
+    """
     model.eval()
     c_hat = _reference_counts(model, x, n0, batch_size, sigma).argmax().item()
     n_a = _reference_counts(model, x, n, batch_size, sigma)[c_hat].item()
@@ -152,6 +155,8 @@ def _parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write every number to this file")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's default mmap/trim thresholds (the certify CLI raises them)")
     args = p.parse_args(argv)
     args.precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
     for prec in args.precisions:
@@ -167,6 +172,7 @@ def _parse_args(argv):
 
 def main(argv=None):
     args = _parse_args(argv)
+    malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -188,7 +194,8 @@ def main(argv=None):
 
     print(f"torch {torch.__version__} | {_device_name(device)} | threads {torch.get_num_threads()} | "
           f"arch {args.arch} {'x'.join(map(str, shape))} | n0 {args.n0} n {args.n} batch {args.batch} | "
-          f"sigma {args.sigma} alpha {args.alpha} | examples {args.examples} repeats {args.repeats}",
+          f"sigma {args.sigma} alpha {args.alpha} | examples {args.examples} repeats {args.repeats} | "
+          f"malloc tuning {'on' if malloc_tuned else 'off'}",
           flush=True)
     if _environment():
         print("env: " + " ".join(f"{k}={v}" for k, v in _environment().items()), flush=True)
@@ -247,17 +254,17 @@ def main(argv=None):
     print(f"\n{'method':<16} {'median s':>9} {'s/example':>10} {'samples/s':>11}")
     for name, ts in times.items():
         med = statistics.median(sum(per_rep) for per_rep in ts)
-        summary[name] = dict(times_s=ts, median_s=med, s_per_example=med / args.examples,
-                             samples_per_s=samples_per_example * args.examples / med)
+        summary[name] = {"times_s": ts, "median_s": med, "s_per_example": med / args.examples,
+                         "samples_per_s": samples_per_example * args.examples / med}
         print(f"{name:<16} {med:9.3f} {med / args.examples:10.4f} {summary[name]['samples_per_s']:11.0f}")
 
     def ratio(fast, slow):
         """Throughput of ``fast`` over ``slow``: of the medians, and the median of the paired
         per-call ratios (each example of each repetition; robust to drifting load)."""
         of_medians = summary[slow]["median_s"] / summary[fast]["median_s"]
-        paired = statistics.median(s / f for rs, rf in zip(times[slow], times[fast])
-                                   for s, f in zip(rs, rf))
-        return dict(of_medians=of_medians, paired_median=paired)
+        paired = statistics.median(s / f for rs, rf in zip(times[slow], times[fast], strict=True)
+                                   for s, f in zip(rs, rf, strict=True))
+        return {"of_medians": of_medians, "paired_median": paired}
 
     ratios = {}
     print()
@@ -284,12 +291,12 @@ def main(argv=None):
 
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = dict(
-            torch=torch.__version__, python=sys.version.split()[0], device=_device_name(device),
-            threads=torch.get_num_threads(), env=_environment(),
-            config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            samples_per_example=samples_per_example, methods=summary, ratios=ratios,
-            results=results, same_class_everywhere=all_same)
+        payload = {
+            "torch": torch.__version__, "python": sys.version.split()[0], "device": _device_name(device),
+            "threads": torch.get_num_threads(), "env": _environment(),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "samples_per_example": samples_per_example, "methods": summary, "ratios": ratios,
+            "results": results, "same_class_everywhere": all_same}
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
 

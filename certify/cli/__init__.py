@@ -32,6 +32,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI, turning user errors into one line on stderr."""
+    from certify.allocator import tune_malloc
+
+    tune_malloc()  # large CPU batches otherwise page-fault through fresh memory on every pass
     args = sys.argv[1:] if argv is None else argv
     try:
         code = cli.main(args=args, prog_name="certify", standalone_mode=False)
