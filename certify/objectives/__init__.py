@@ -20,9 +20,14 @@ __all__ = ["Objective", "register_objective", "make_objective", "available_objec
 
 
 class Objective(Protocol):
-    """One training criterion; ``certification`` is recorded in the checkpoint for ``certify run``."""
+    """One training criterion; ``certification`` is recorded in the checkpoint for ``certify run``.
+
+    ``steps_per_batch``: the trainer splits each loader batch into this many equal chunks and takes
+    one optimizer step per chunk (SmoothMix's reference does m steps per batch; most objectives: 1).
+    """
 
     name: str
+    steps_per_batch: int
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> tuple[torch.Tensor, dict[str, float]]: ...

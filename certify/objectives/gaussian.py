@@ -19,6 +19,7 @@ class GaussianAugmentation:
     """
 
     name = "gaussian"
+    steps_per_batch = 1
 
     def __init__(self, sigma: float = 0.25):
         if not sigma > 0:

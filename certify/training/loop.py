@@ -135,13 +135,14 @@ def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer
               dynamic_ncols=True) as bar:
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, stats = objective.loss(model, x, y, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(y)
-            correct += stats.get("correct", 0)
-            images += len(y)
+            for xc, yc in zip(x.chunk(objective.steps_per_batch), y.chunk(objective.steps_per_batch)):
+                loss, stats = objective.loss(model, xc, yc, epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(yc)
+                correct += stats.get("correct", 0)
+                images += len(yc)
             bar.set_postfix(loss=f"{total_loss / images:.4f}", refresh=False)
     return {"train_loss": round(total_loss / images, 5),
             "train_noisy_acc": round(correct / images, 5), "images": int(images)}
