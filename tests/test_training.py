@@ -69,4 +69,4 @@ def test_gaussian_objective_trains_on_noisy_inputs():
     with pytest.raises(UserError, match="--sigma must be positive"):
         make_objective("gaussian", sigma=0.0)
     with pytest.raises(UserError, match="unknown objective"):
-        make_objective("smoothmix")
+        make_objective("no-such-objective")

@@ -14,9 +14,10 @@ from torch import nn
 
 from certify.errors import UserError
 from certify.objectives.gaussian import GaussianAugmentation
+from certify.objectives.smoothmix import SmoothMix
 
 __all__ = ["Objective", "register_objective", "make_objective", "available_objectives",
-           "GaussianAugmentation"]
+           "GaussianAugmentation", "SmoothMix"]
 
 
 class Objective(Protocol):
@@ -55,3 +56,4 @@ def make_objective(name: str, **params: Any) -> Objective:
 
 
 register_objective("gaussian", GaussianAugmentation)
+register_objective("smoothmix", SmoothMix)
