@@ -70,3 +70,150 @@ def test_gaussian_objective_trains_on_noisy_inputs():
         make_objective("gaussian", sigma=0.0)
     with pytest.raises(UserError, match="unknown objective"):
         make_objective("no-such-objective")
+
+
+# --- per-epoch JSON-lines log, bf16 / channels_last, recipes -------------------------------------
+
+import json  # noqa: E402
+
+from certify.cli import main  # noqa: E402
+from certify.cli.train import available_recipes, load_recipe  # noqa: E402
+from certify.training import loop  # noqa: E402
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_log_has_one_line_per_epoch_and_appends_on_resume(fake_fmnist, tmp_path):
+    log_path = tmp_path / "m.jsonl"
+    train(config(fake_fmnist, epochs=1), tmp_path / "m.pt", progress=False, log=quiet, log_path=log_path)
+    (first,) = read_jsonl(log_path)
+    assert {"epoch", "lr", "train_loss", "train_ce", "train_noisy_acc", "test_acc", "test_noisy_acc",
+            "images_per_s", "seconds"} <= set(first)
+    assert first["epoch"] == 1 and first["lr"] == 0.05 and 0 <= first["train_noisy_acc"] <= 1
+    assert first["train_ce"] == first["train_loss"]  # Gaussian's only loss term is the whole loss
+
+    ckpt = train(config(fake_fmnist), tmp_path / "m.pt", resume=True, progress=False, log=quiet,
+                 log_path=log_path)
+    records = read_jsonl(log_path)
+    assert [r["epoch"] for r in records] == [1, 2] and records[0] == first
+    assert records == ckpt.training["history"]
+
+
+def test_resume_drops_log_lines_of_epochs_the_checkpoint_lacks(fake_fmnist, tmp_path):
+    log_path = tmp_path / "m.jsonl"
+    train(config(fake_fmnist, epochs=1), tmp_path / "m.pt", progress=False, log=quiet, log_path=log_path)
+    with open(log_path, "a") as f:  # as if the run died between writing epoch 2's line and checkpoint
+        f.write(json.dumps({"epoch": 2, "train_loss": 9.0}) + "\n")
+    train(config(fake_fmnist), tmp_path / "m.pt", resume=True, progress=False, log=quiet, log_path=log_path)
+    records = read_jsonl(log_path)
+    assert [r["epoch"] for r in records] == [1, 2] and records[1]["train_loss"] != 9.0
+
+
+def test_fresh_run_refuses_to_append_to_an_old_log(fake_fmnist, tmp_path):
+    log_path = tmp_path / "m.jsonl"
+    log_path.write_text('{"epoch": 1}\n')
+    with pytest.raises(UserError, match="already holds epochs of another run"):
+        train(config(fake_fmnist, epochs=1), tmp_path / "m.pt", progress=False, log=quiet,
+              log_path=log_path)
+
+
+def test_epoch_averages_weight_chunks_and_turn_correct_into_accuracy():
+    sums = {"loss": 0.0, "images": 0, "correct": 0}
+    loop._accumulate(sums, 2.0, {"ce": 2.0, "kl": torch.tensor(1.0), "correct": 3, "note": "x"}, 6)
+    loop._accumulate(sums, 1.0, {"ce": 1.0, "kl": 0.0, "correct": 1, "flag": True}, 2)
+    means = loop._averages(sums)
+    assert means == {"train_loss": 1.75, "train_ce": 1.75, "train_kl": 0.75, "train_noisy_acc": 0.5,
+                     "images": 8}
+
+
+def cli(*args) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return exit_info.value.code
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu(fake_fmnist, tmp_path):
+    out = tmp_path / "m.pt"
+    assert cli("train", "--arch", "small_cnn", "--arch-opt", "width=4", "--arch-opt", "hidden=16",
+               "--epochs", "1", "--batch", "8", "--train-count", "16", "--eval-count", "12",
+               "--amp", "bf16", "--channels-last", "--device", "cpu", "--data-dir", fake_fmnist,
+               "--quiet", "--out", out) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.training["config"]["amp"] == "bf16" and ckpt.training["config"]["channels_last"] is True
+    assert all(t.is_contiguous() for t in ckpt.state_dict.values())  # stored in the standard layout
+    assert ckpt.build_model() is not None
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "m.jsonl")] == [1]  # default --log: OUT.jsonl
+    with pytest.raises(UserError, match="--amp must be one of off, bf16"):
+        config(fake_fmnist, amp="fp16").validate()
+
+
+def test_every_recipe_loads_and_names_its_source():
+    names = available_recipes()
+    assert {"fmnist-gaussian-s0.5-short", "fmnist-smoothmix-s0.5-short", "fmnist-gaussian-s0.25-short",
+            "fmnist-smoothmix-s0.25-short", "cifar10-smoothmix-s0.25", "cifar10-gaussian-s1.0",
+            "mnist-smoothmix-s1.0", "mnist-gaussian-s0.5"} <= set(names)
+    fields = set(TrainConfig.__dataclass_fields__)
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.description and recipe.source, name
+        assert set(recipe.config) <= fields and "sigma" in recipe.objective, name
+        TrainConfig(**recipe.config).validate()
+    cifar = load_recipe("cifar10-smoothmix-s0.5")
+    assert (cifar.config["epochs"], cifar.config["lr_step_size"]) == (150, 50)
+    assert (cifar.config["arch"], cifar.config["batch_size"]) == ("cifar_resnet110", 256)
+    assert cifar.objective == {"sigma": 0.5, "num_noise_vec": 2, "num_steps": 4, "step_size": 1.0,
+                               "eta": 5.0, "mix_step": 1, "warmup": 10}
+    assert load_recipe("mnist-smoothmix-s1.0").objective["num_steps"] == 8
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace the training run by a recorder of the config that the CLI built."""
+    import certify.training
+
+    seen = {}
+
+    def fake_train(config, out, **kwargs):
+        seen.update(config=config, log_path=kwargs["log_path"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(certify.training, "train", fake_train)
+    return seen
+
+
+def test_explicit_flag_beats_recipe_beats_default(captured, tmp_path):
+    assert cli("train", "--recipe", "fmnist-smoothmix-s0.5-short", "--epochs", "1", "--num-steps", "3",
+               "--device", "cpu", "--out", tmp_path / "m.pt", "--log", tmp_path / "x.jsonl") == 0
+    c = captured["config"]
+    assert c.epochs == 1 and c.objective_params["num_steps"] == 3  # typed
+    assert (c.dataset, c.arch, c.objective, c.lr, c.lr_step_size, c.batch_size) == (
+        "fashion-mnist", "lenet", "smoothmix", 0.05, 2, 256)  # from the recipe
+    assert c.objective_params == {"sigma": 0.5, "num_noise_vec": 2, "num_steps": 3, "step_size": 2.0,
+                                  "eta": 1.0, "mix_step": 1, "warmup": 2, "maxnorm_s": None,
+                                  "maxnorm": None}
+    assert c.momentum == 0.9 and c.amp == "off" and captured["log_path"] == tmp_path / "x.jsonl"
+
+    assert cli("train", "--recipe", "fmnist-smoothmix-s0.5-short", "--objective", "gaussian",
+               "--sigma", "0.25", "--device", "cpu", "--out", tmp_path / "m.pt") == 0
+    assert captured["config"].objective_params == {"sigma": 0.25}  # SmoothMix settings do not leak
+    assert captured["log_path"] == tmp_path / "m.jsonl"
+
+
+def test_smoothmix_flags_need_the_smoothmix_objective(captured, tmp_path, capsys):
+    assert cli("train", "--num-steps", "3", "--out", tmp_path / "m.pt") == 2
+    assert "--num-steps only apply to --objective smoothmix" in capsys.readouterr().err
+
+
+def test_list_recipes_and_unknown_recipe(tmp_path, capsys):
+    assert cli("train", "--list-recipes") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == available_recipes()
+    assert any("SmoothMix on CIFAR-10, σ=0.5" in line for line in listed)
+    assert cli("train", "--recipe", "nope", "--out", tmp_path / "m.pt") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown recipe 'nope'; available: ") and "mnist-gaussian-s0.5" in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli("train", "--help") == 0
+    assert "gaussian" in capsys.readouterr().out.split("--objective")[1].split("--sigma")[0]

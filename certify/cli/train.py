@@ -1,13 +1,62 @@
-"""``certify train``: train a base classifier for certification (Gaussian augmentation for now)."""
+"""``certify train``: train a base classifier for certification (Gaussian augmentation or SmoothMix).
+
+Recipes (``certify/recipes/*.toml``) are published settings kept as data: ``--recipe NAME`` fills in
+every option the user did not type, so an explicit flag always beats the recipe, which beats the
+default. The same command runs data-parallel under ``torchrun``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from certify.cli.options import command_line, data_dir_option, device_option, pick_device, seed_option
 from certify.errors import UserError
+from certify.training.recipes import Recipe, available_recipes, load_recipe
+
+# Click parameter -> (recipe table, key). Recipe keys are TrainConfig fields and objective arguments.
+RECIPE_KEYS: dict[str, tuple[str, str]] = {
+    "dataset": ("config", "dataset"), "arch": ("config", "arch"),
+    "arch_kwargs": ("config", "arch_kwargs"), "objective": ("config", "objective"),
+    "epochs": ("config", "epochs"), "batch": ("config", "batch_size"), "lr": ("config", "lr"),
+    "lr_step": ("config", "lr_step_size"), "gamma": ("config", "lr_gamma"),
+    "momentum": ("config", "momentum"), "weight_decay": ("config", "weight_decay"),
+    "train_count": ("config", "train_count"), "eval_count": ("config", "eval_count"),
+    "workers": ("config", "workers"), "seed": ("config", "seed"), "amp": ("config", "amp"),
+    "channels_last": ("config", "channels_last"),
+    "sigma": ("objective", "sigma"), "num_noise_vec": ("objective", "num_noise_vec"),
+    "num_steps": ("objective", "num_steps"), "attack_step": ("objective", "step_size"),
+    "eta": ("objective", "eta"), "mix_step": ("objective", "mix_step"),
+    "warmup": ("objective", "warmup"), "maxnorm_s": ("objective", "maxnorm_s"),
+    "maxnorm": ("objective", "maxnorm"),
+}
+# Options that only SmoothMix takes: click parameter -> SmoothMix argument.
+SMOOTHMIX_PARAMS = {"num_noise_vec": "num_noise_vec", "num_steps": "num_steps",
+                    "attack_step": "step_size", "eta": "eta", "mix_step": "mix_step",
+                    "warmup": "warmup", "maxnorm_s": "maxnorm_s", "maxnorm": "maxnorm"}
+
+
+def _list_recipes(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    names = available_recipes()
+    width = max(map(len, names), default=0)
+    for name in names:
+        click.echo(f"{name:<{width}}  {load_recipe(name).description}")
+    ctx.exit(0)
+
+
+class _ObjectiveOption(click.Option):
+    """--objective, whose help lists the registered objectives (imported only when help is shown)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from certify.objectives import available_objectives
+
+        self.help = f"Training objective: {', '.join(available_objectives())}."
+        return super().get_help_record(ctx)
 
 
 def _parse_arch_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
@@ -26,67 +75,149 @@ def _parse_arch_options(ctx: click.Context, param: click.Parameter, values: tupl
     return options
 
 
+def _apply_recipe(ctx: click.Context, recipe: Recipe, values: dict[str, Any]) -> None:
+    """Fill ``values`` from ``recipe`` wherever the user typed nothing (the default stands otherwise)."""
+    params = {p.name: p for p in ctx.command.params}
+    settable = set(RECIPE_KEYS.values())
+    unknown = [f"{table}.{key}" for table in ("config", "objective")
+               for key in getattr(recipe, table) if (table, key) not in settable]
+    if unknown:
+        raise UserError(f"recipe {recipe.name}: keys with no train option: {', '.join(unknown)}")
+    for name, (table, key) in RECIPE_KEYS.items():
+        source = ctx.get_parameter_source(name)
+        table_values = getattr(recipe, table)
+        if key not in table_values or source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            continue
+        value = table_values[key]
+        if name == "arch_kwargs":
+            if not isinstance(value, dict):
+                raise UserError(f"recipe {recipe.name}: config.arch_kwargs must be a table")
+        else:
+            try:
+                value = params[name].type_cast_value(ctx, value)
+            except click.BadParameter as err:
+                raise UserError(f"recipe {recipe.name}: {table}.{key} = {value!r}: "
+                                f"{err.format_message()}") from None
+        values[name] = value
+
+
+def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """σ for every objective; the SmoothMix options only for SmoothMix (typed elsewhere: an error)."""
+    params: dict[str, Any] = {"sigma": values["sigma"]}
+    if values["objective"] == "smoothmix":
+        params |= {arg: values[name] for name, arg in SMOOTHMIX_PARAMS.items()}
+        return params
+    typed = [f"--{name.replace('_', '-')}" for name in SMOOTHMIX_PARAMS
+             if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    if typed:
+        raise UserError(f"{', '.join(typed)} only apply to --objective smoothmix, not "
+                        f"{values['objective']!r}")
+    return params
+
+
 @click.command("train")
+@click.option("--recipe", metavar="NAME",
+              help="Start from a published setting (see --list-recipes); flags you type override it.")
+@click.option("--list-recipes", is_flag=True, expose_value=False, is_eager=True, callback=_list_recipes,
+              help="List the recipes with a one-line description and exit.")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               help="fashion-mnist, mnist or cifar10.")
 @click.option("--arch", default="lenet", show_default=True,
               help="lenet (28×28), small_cnn, cifar_resnet20, cifar_resnet110.")
 @click.option("--arch-opt", "arch_kwargs", multiple=True, callback=_parse_arch_options,
               metavar="KEY=VALUE", help="Architecture option, e.g. --arch-opt width=8 for small_cnn.")
-@click.option("--objective", default="gaussian", show_default=True,
-              help="Training objective: gaussian (noise augmentation, Cohen et al. 2019).")
+@click.option("--objective", cls=_ObjectiveOption, default="gaussian", show_default=True,
+              help="Training objective.")
 @click.option("--sigma", type=click.FloatRange(0, min_open=True), default=0.25, show_default=True,
               help="Noise level σ in [0,1] pixel units; certify with the same σ.")
 @click.option("--epochs", type=click.IntRange(min=1), default=90, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per optimizer step in each process. Under torchrun with K processes a step "
+                   "sees K×batch images (the global batch): to keep a single-process recipe's "
+                   "hyperparameters, divide --batch by K; to keep --batch, scale --lr by about K.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True)
 @click.option("--lr-step", type=click.IntRange(min=1), default=30, show_default=True,
               help="Multiply the learning rate by --gamma every this many epochs.")
 @click.option("--gamma", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True)
+@click.option("--num-noise-vec", type=click.IntRange(min=1), default=1, show_default=True,
+              help="SmoothMix m: noise draws per image; each batch is split into m optimizer steps.")
+@click.option("--num-steps", type=click.IntRange(min=1), default=8, show_default=True,
+              help="SmoothMix T: ascent steps of the attack on the smoothed classifier.")
+@click.option("--attack-step", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="SmoothMix attack step size (ℓ2, pixel units; the reference's --alpha).")
+@click.option("--eta", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="SmoothMix weight η of the mixup term.")
+@click.option("--mix-step", type=click.IntRange(min=0), default=0, show_default=True,
+              help="SmoothMix: attack step whose point replaces x (0: x; 1: the one-step adversary).")
+@click.option("--warmup", type=click.IntRange(min=1), default=10, show_default=True,
+              help="SmoothMix: epochs over which η and the --mix-step radius ramp up.")
+@click.option("--maxnorm-s", type=click.FloatRange(0), default=None,
+              help="SmoothMix: ℓ2 radius for the --mix-step point (default: attack-step × mix-step).")
+@click.option("--maxnorm", type=click.FloatRange(0, min_open=True), default=None,
+              help="SmoothMix: ℓ2 ball for the attack (default: none, only the [0,1] clamp).")
 @click.option("--train-count", type=click.IntRange(min=1), default=None,
               help="Train on the first N training images only (short budgets).")
 @click.option("--eval-count", type=click.IntRange(min=1), default=None,
               help="Evaluate each epoch on the first N test images (default: all).")
+@click.option("--amp", type=click.Choice(["off", "bf16"]), default="off", show_default=True,
+              help="bf16: autocast the training forward and loss to bfloat16 (evaluation stays fp32).")
+@click.option("--channels-last/--no-channels-last", default=False, show_default=True,
+              help="Keep the model and its inputs in channels_last (NHWC) memory format.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader worker processes.")
+              help="DataLoader worker processes (per process under torchrun).")
 @seed_option
 @device_option
 @data_dir_option
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint file, rewritten atomically after every epoch.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON-lines log, one object per epoch, appended (default: OUT with suffix .jsonl).")
 @click.option("--resume", is_flag=True,
               help="Continue OUT where it stopped (same settings; --epochs may grow).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train_command(dataset: str, arch: str, arch_kwargs: dict, objective: str, sigma: float, epochs: int,
-                  batch: int, lr: float, lr_step: int, gamma: float, momentum: float,
-                  weight_decay: float, train_count: int | None, eval_count: int | None, workers: int,
-                  seed: int, device: str, data_dir: str | None, out: Path, resume: bool,
-                  quiet: bool) -> None:
+@click.pass_context
+def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: Path | None, resume: bool,
+                  quiet: bool, device: str, data_dir: str | None, **values: Any) -> None:
     """Train a model whose smoothed version 'certify run' can certify.
 
     Defaults are those of the randomized-smoothing reference (SGD, lr 0.1, momentum 0.9, weight
     decay 1e-4, lr ×0.1 every 30 epochs, batch 256). The checkpoint records the architecture,
-    data, normalization, σ and this command line.
+    data, normalization, σ and this command line; OUT.jsonl gets one line of metrics per epoch.
+
+    Under 'torchrun --nproc_per_node=K' (one process per GPU, or CPU processes with gloo) the same
+    command trains data-parallel: each process takes --batch images per step (global batch K×batch),
+    rank 0 evaluates, logs and writes OUT.
 
     \b
     Examples:
       certify train --dataset fashion-mnist --arch lenet --sigma 0.25 --epochs 10 --out m.pt
-      certify train --dataset cifar10 --arch cifar_resnet110 --sigma 0.5 --data-dir ~/cifar --out c.pt
+      certify train --recipe fmnist-smoothmix-s0.5-short --out sm.pt
+      certify train --recipe cifar10-smoothmix-s0.5 --data-dir ~/cifar --out c.pt
+      torchrun --nproc_per_node=4 -m certify.cli train --recipe cifar10-gaussian-s0.5 --batch 64 \\
+          --data-dir ~/cifar --out c.pt
     """
     from certify.training import TrainConfig, train
+    from certify.training.distributed import env_info
 
+    if recipe is not None:
+        _apply_recipe(ctx, load_recipe(recipe), values)
     if out.exists() and not resume:
         raise UserError(f"{out} exists: pass --resume to continue training it, or choose another --out")
-    config = TrainConfig(dataset=dataset, arch=arch, arch_kwargs=arch_kwargs, objective=objective,
-                         objective_params={"sigma": sigma}, epochs=epochs, batch_size=batch, lr=lr,
-                         momentum=momentum, weight_decay=weight_decay, lr_step_size=lr_step,
-                         lr_gamma=gamma, train_count=train_count, eval_count=eval_count, seed=seed,
-                         workers=workers, device=str(pick_device(device)), data_dir=data_dir)
+    config = TrainConfig(
+        dataset=values["dataset"], arch=values["arch"], arch_kwargs=values["arch_kwargs"],
+        objective=values["objective"], objective_params=_objective_params(ctx, values),
+        epochs=values["epochs"], batch_size=values["batch"], lr=values["lr"],
+        momentum=values["momentum"], weight_decay=values["weight_decay"], lr_step_size=values["lr_step"],
+        lr_gamma=values["gamma"], train_count=values["train_count"], eval_count=values["eval_count"],
+        seed=values["seed"], workers=values["workers"], device=str(pick_device(device)),
+        data_dir=data_dir, amp=values["amp"], channels_last=values["channels_last"])
     ckpt = train(config, out, resume=resume, command=command_line(), progress=not quiet,
-                 log=lambda line: click.echo(line, err=True))
-    click.echo(f"wrote {out} (test accuracy {ckpt.metrics.get('test_acc', float('nan')):.4f})")
+                 log=lambda line: click.echo(line, err=True),
+                 log_path=log_path if log_path is not None else out.with_suffix(".jsonl"))
+    if env_info().is_main:
+        click.echo(f"wrote {out} (test accuracy {ckpt.metrics.get('test_acc', float('nan')):.4f})")
 
 
 COMMANDS = [train_command]

@@ -1,5 +1,8 @@
-"""The one training loop: data → model → objective → SGD schedule → a checkpoint every epoch."""
+"""The one training loop: data → model → objective → SGD schedule → a checkpoint every epoch.
 
-from certify.training.loop import TrainConfig, train
+The same loop runs data-parallel under ``torchrun`` (``certify.training.distributed``).
+"""
 
-__all__ = ["TrainConfig", "train"]
+from certify.training.loop import AMP_MODES, TrainConfig, train
+
+__all__ = ["AMP_MODES", "TrainConfig", "train"]

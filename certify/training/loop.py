@@ -3,26 +3,39 @@
 Defaults follow the smoothing reference's ``train.py`` (SGD, lr 0.1, momentum 0.9, weight decay 1e-4,
 StepLR(30, 0.1), batch 256). A resumed run restores the optimizer, the schedule and the RNG, so it
 continues where the interrupted one stopped.
+
+Under ``torchrun`` the same loop runs data-parallel (see ``certify.training.distributed``): each rank
+trains on its share of every epoch with ``batch_size`` images per step; rank 0 alone evaluates, logs
+and writes the checkpoint and the JSON-lines log while the others wait at a barrier.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from certify.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from certify.errors import UserError
+from certify.fsutil import atomic_write_text
 from certify.objectives import make_objective
+from certify.training import distributed
+from certify.training.distributed import DistInfo
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir")
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir", "channels_last")
+AMP_MODES = ("off", "bf16")
 
 
 @dataclass
@@ -35,7 +48,7 @@ class TrainConfig:
     objective: str = "gaussian"
     objective_params: dict[str, Any] = field(default_factory=lambda: {"sigma": 0.25})
     epochs: int = 90
-    batch_size: int = 256
+    batch_size: int = 256  # per process: under torchrun with K processes a step sees K × batch_size
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -47,6 +60,8 @@ class TrainConfig:
     workers: int = 0
     device: str = "cpu"
     data_dir: str | None = None
+    amp: str = "off"  # "bf16": autocast the training forward and loss to bfloat16 (no loss scaling needed)
+    channels_last: bool = False  # model and inputs in NHWC memory format (faster convolutions on GPUs)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "lr_step_size"):
@@ -58,63 +73,111 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.amp not in AMP_MODES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command: str = "",
-          progress: bool = True, log=print) -> Checkpoint:
-    """Run (or continue) ``config`` and return the final checkpoint, also saved at ``out``."""
-    from certify.data import dataset_info, load_dataset
-    from certify.nets import build_model
+          progress: bool = True, log: Callable[[str], Any] = print,
+          log_path: str | Path | None = None) -> Checkpoint:
+    """Run (or continue) ``config`` and return the final checkpoint, also saved at ``out``.
 
+    ``log_path``: append one JSON object per epoch there (None: no file). Under torchrun every rank
+    returns the checkpoint; rank 0 is the one that wrote it.
+    """
     config.validate()
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"cannot write checkpoint {out}: directory {out.parent} does not exist")
+    log_path = Path(log_path) if log_path is not None else None
+    if log_path is not None and log_path.resolve() == out.resolve():
+        raise UserError(f"the JSON-lines log and the checkpoint are both {out}: choose another --log")
     objective = make_objective(config.objective, **config.objective_params)
+    dist_info, device = distributed.init_from_env(config.device)
+    try:
+        return _train(config, out, objective, dist_info, device, resume=resume, command=command,
+                      progress=progress and dist_info.is_main,
+                      log=log if dist_info.is_main else _silent, log_path=log_path)
+    finally:
+        distributed.cleanup(dist_info)
+
+
+def _silent(_line: str) -> None:
+    pass
+
+
+def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, device: torch.device, *,
+           resume: bool, command: str, progress: bool, log: Callable[[str], Any],
+           log_path: Path | None) -> Checkpoint:
+    from certify.data import dataset_info, load_dataset
+    from certify.nets import build_model
+
     info = dataset_info(config.dataset)
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
+    # seed + rank: every rank draws its own noise and augmentation; rank 0 (and a single process)
+    # draws exactly what an undistributed run would. DDP then copies rank 0's initial weights.
+    torch.manual_seed(config.seed + dist_info.rank)
     model = build_model(config.arch, num_classes=info.num_classes, input_shape=info.input_shape,
                         mean=info.mean, std=info.std, **config.arch_kwargs).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
     start_epoch, history = 0, []
     if resume and out.exists():
-        start_epoch, history = _restore(out, config, model, optimizer, scheduler)
+        start_epoch, history = _restore(out, config, model, optimizer, scheduler, dist_info, device, log)
         log(f"resuming {out} after epoch {start_epoch}")
+    if log_path is not None and start_epoch < config.epochs:
+        _prepare_log(log_path, out, start_epoch, write=dist_info.is_main)
 
     train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir, augment=True)
     test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     train_set = _first(train_set, config.train_count)
     test_set = _first(test_set, config.eval_count)
+    sampler = distributed.train_sampler(train_set, dist_info, config.seed) if dist_info.enabled else None
+    plain = model
+    if dist_info.enabled:
+        model = distributed.wrap_model(model, device)
+        log(f"data-parallel over {dist_info.world_size} processes: {config.batch_size} images per "
+            f"process per step, {dist_info.world_size * config.batch_size} in all")
 
     ckpt = None
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                            num_workers=config.workers, drop_last=False,
-                            generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         lr = optimizer.param_groups[0]["lr"]
-        train_stats = _train_epoch(model, objective, loader, optimizer, epoch, device,
-                                   desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress)
+        sums = _train_epoch(model, objective, _loader(train_set, config, epoch, sampler), optimizer,
+                            epoch, device, config, f"epoch {epoch + 1}/{config.epochs}", progress)
         scheduler.step()
         seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch + 1, "lr": lr, **train_stats, "seconds": round(seconds, 2),
-                   "images_per_s": round(train_stats["images"] / seconds, 1),
-                   **evaluate(model, test_set, objective.certification(), device, config.seed)}
+        sums = distributed.sum_across_ranks(sums)
+        distributed.broadcast_buffers(model)  # every replica now equals what rank 0 checkpoints
+        metrics = None
+        if dist_info.is_main:
+            t1 = time.perf_counter()
+            test = evaluate(plain, test_set, objective.certification(), device, config.seed)
+            metrics = {"epoch": epoch + 1, "lr": lr, **_averages(sums), "seconds": round(seconds, 2),
+                       "images_per_s": round(sums["images"] / seconds, 1), **test,
+                       "eval_seconds": round(time.perf_counter() - t1, 2)}
+        # after evaluation, whose DataLoader draws from the global RNG: a resumed run must match
+        rng = distributed.all_gather(_rng_state(device))
+        metrics = distributed.broadcast_object(metrics)
         history.append(metrics)
-        log(_epoch_line(metrics, config.epochs))
         ckpt = Checkpoint(
             arch=config.arch, arch_kwargs=dict(config.arch_kwargs), dataset=info.name,
             input_shape=info.input_shape, num_classes=info.num_classes, mean=info.mean,
             std=info.std, certification=objective.certification(),
-            state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
-            training={"config": dataclasses.asdict(config), "history": history},
+            state_dict={k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()},
+            training={"config": dataclasses.asdict(config), "history": history,
+                      "world_size": dist_info.world_size},
             command=command, metrics=metrics, epoch=epoch + 1,
             resume_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "torch_rng": torch.get_rng_state()})
-        save_checkpoint(ckpt, out)
+                          "torch_rng": rng[0]["cpu"], "rng_ranks": rng})
+        if dist_info.is_main:
+            log(_epoch_line(metrics, config.epochs))
+            if log_path is not None:
+                _append_line(log_path, metrics)
+            save_checkpoint(ckpt, out)
+        distributed.barrier()  # nobody goes on (or reads OUT) while rank 0 is still writing it
     if ckpt is None:  # nothing left to do: the run had already finished
         ckpt = load_checkpoint(out)
         log(f"{out} already trained for {ckpt.epoch} epochs; raise --epochs to train longer")
@@ -125,27 +188,75 @@ def _first(dataset: Any, count: int | None) -> Any:
     return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
 
 
+def _loader(train_set: Any, config: TrainConfig, epoch: int,
+            sampler: DistributedSampler | None) -> DataLoader:
+    """A new permutation every epoch: this rank's share of it under torchrun, all of it otherwise."""
+    if sampler is not None:
+        sampler.set_epoch(epoch)  # the same permutation on every rank, so the shares are disjoint
+        return DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
+                          num_workers=config.workers, drop_last=False)
+    return DataLoader(train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
+                      drop_last=False, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+
+
 def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 epoch: int, device: torch.device, desc: str, progress: bool) -> dict[str, float]:
+                 epoch: int, device: torch.device, config: TrainConfig, desc: str,
+                 progress: bool) -> dict[str, float]:
+    """One pass over ``loader``; returns sums (not means) so that ranks can be added up."""
     from tqdm import tqdm
 
     model.train()
-    total_loss = correct = images = 0.0
+    sums: dict[str, float] = {"loss": 0.0, "images": 0, "correct": 0}
+    steps = objective.steps_per_batch
+    channels_last = config.channels_last
     with tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress,
               dynamic_ncols=True) as bar:
         for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            for xc, yc in zip(x.chunk(objective.steps_per_batch), y.chunk(objective.steps_per_batch)):
-                loss, stats = objective.loss(model, xc, yc, epoch)
+            x = x.to(device, non_blocking=True, memory_format=torch.channels_last
+                     if channels_last and x.dim() == 4 else torch.preserve_format)
+            y = y.to(device, non_blocking=True)
+            for xc, yc in zip(x.chunk(steps), y.chunk(steps), strict=True):
+                with _autocast(config.amp, device):
+                    loss, stats = objective.loss(model, xc, yc, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total_loss += loss.item() * len(yc)
-                correct += stats.get("correct", 0)
-                images += len(yc)
-            bar.set_postfix(loss=f"{total_loss / images:.4f}", refresh=False)
-    return {"train_loss": round(total_loss / images, 5),
-            "train_noisy_acc": round(correct / images, 5), "images": int(images)}
+                _accumulate(sums, loss.item(), stats, len(yc))
+            bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", refresh=False)
+    return sums
+
+
+def _autocast(amp: str, device: torch.device) -> Any:
+    """bf16 autocast for the forward and loss; backward and the optimizer step stay in fp32."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _accumulate(sums: dict[str, float], loss: float, stats: dict[str, Any], count: int) -> None:
+    """Add a chunk: ``correct`` is a count; other numeric stats are chunk means, weighted by size."""
+    sums["loss"] += loss * count
+    sums["images"] += count
+    for key, value in stats.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key == "correct":
+            sums["correct"] += value
+        else:
+            sums[f"stat/{key}"] = sums.get(f"stat/{key}", 0.0) + value * count
+
+
+def _averages(sums: dict[str, float]) -> dict[str, Any]:
+    """Epoch means: ``train_loss``, ``train_<stat>`` per objective term, ``train_noisy_acc`` from correct."""
+    images = sums["images"]
+    means: dict[str, Any] = {"train_loss": round(sums["loss"] / images, 5)}
+    for key in sorted(k for k in sums if k.startswith("stat/")):
+        means.setdefault(f"train_{key[5:]}", round(sums[key] / images, 5))
+    means["train_noisy_acc"] = round(sums["correct"] / images, 5)
+    means["images"] = int(images)
+    return means
 
 
 @torch.no_grad()
@@ -176,20 +287,76 @@ def _epoch_line(m: dict[str, Any], epochs: int) -> str:
             f"{m['seconds']:.1f} s ({m['images_per_s']:.0f} img/s)")
 
 
+def _prepare_log(path: Path, out: Path, start_epoch: int, write: bool) -> None:
+    """A fresh run must not append to an old run's log; a resumed one drops epochs OUT does not hold.
+
+    The line of an epoch is written just before its checkpoint, so a crash in between leaves one
+    line too many, which the resumed run removes before it trains that epoch again.
+    """
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write log {path}: directory {path.parent} does not exist")
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if start_epoch == 0 and any(line.strip() for line in lines):
+        raise UserError(f"log {path} already holds epochs of another run and {out} does not exist: "
+                        f"delete the log or choose another --log")
+    keep = [line for line in lines if _line_epoch(line) <= start_epoch]
+    if write and len(keep) < len(lines):
+        atomic_write_text(path, "".join(keep))
+
+
+def _line_epoch(line: str) -> int:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return 0
+    epoch = record.get("epoch", 0) if isinstance(record, dict) else 0
+    return epoch if isinstance(epoch, int) else 0
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    """One strict-JSON line (NaN/inf become null), flushed to disk before the checkpoint is written."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(clean) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
 def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any) -> tuple[int, list[dict[str, Any]]]:
+             scheduler: Any, dist_info: DistInfo, device: torch.device,
+             log: Callable[[str], Any]) -> tuple[int, list[dict[str, Any]]]:
     ckpt = load_checkpoint(out)
     stored = ckpt.training.get("config", {})
     wanted = dataclasses.asdict(config)
-    changed = [k for k in wanted if k not in RESUMABLE_CHANGES and stored.get(k) != wanted[k]]
+    defaults = dataclasses.asdict(TrainConfig())  # fields added after OUT was written had these values
+    before = {k: stored.get(k, defaults[k]) for k in wanted}
+    changed = [k for k in wanted if k not in RESUMABLE_CHANGES and before[k] != wanted[k]]
     if changed:
         raise UserError(f"cannot --resume {out}: it was trained with different settings ("
-                        + ", ".join(f"{k}={stored.get(k)!r} not {wanted[k]!r}" for k in changed) + ")")
+                        + ", ".join(f"{k}={before[k]!r} not {wanted[k]!r}" for k in changed) + ")")
     state = ckpt.resume_state
     if not state:
         raise UserError(f"cannot --resume {out}: it has no optimizer state (a final export?)")
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
+    ranks = state.get("rng_ranks") or [{"cpu": state["torch_rng"]}]
+    if len(ranks) != dist_info.world_size:
+        log(f"note: {out} was written by {len(ranks)} process(es) and this run has "
+            f"{dist_info.world_size}: it continues, but not bit-for-bit as the original would have")
+    if dist_info.rank < len(ranks):
+        torch.set_rng_state(ranks[dist_info.rank]["cpu"])
+        if device.type == "cuda" and "cuda" in ranks[dist_info.rank]:
+            torch.cuda.set_rng_state(ranks[dist_info.rank]["cuda"], device)
+    else:  # a rank the checkpoint has no state for: a fresh stream, distinct per rank and epoch
+        torch.manual_seed(config.seed + dist_info.rank + 1_000_003 * ckpt.epoch)
     return ckpt.epoch, list(ckpt.training.get("history", []))
