@@ -100,11 +100,13 @@ def run_certification(spec: RunSpec, progress: bool = True) -> Path:
     sidecar["started"] = (previous or {}).get("started") or _now()
     sidecar["complete"] = False
     earlier_wall = float((previous or {}).get("wall_time", 0.0))
-    write_sidecar(out, sidecar)
 
     start = time.perf_counter()
     with ResultWriter(out, resume=spec.resume) as writer:
         todo = [i for i in indices if i not in writer.done]
+        if not todo and previous is not None and previous.get("complete"):
+            return out  # a finished run: leave its sidecar as it was
+        write_sidecar(out, sidecar)
         _certify_rows(certifier, data, todo, writer, progress)
     sidecar.update(complete=True, finished=_now(),
                    wall_time=round(earlier_wall + time.perf_counter() - start, 3))

@@ -223,3 +223,11 @@ def test_help_teaches(capsys):
     text = capsys.readouterr().out
     for word in ("--resume", "--shard", "--count", "--n0", "Examples"):
         assert word in text
+
+
+def test_resuming_a_finished_run_changes_nothing(small_checkpoint, fake_fmnist, tmp_path):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2")) == 0
+    files = {p: p.read_bytes() for p in (out, tmp_path / "r.tsv.json")}
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2", "--resume")) == 0
+    assert {p: p.read_bytes() for p in files} == files
