@@ -131,7 +131,7 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower() or "unsupported global" in str(err).lower():
+        if "unsupported global" in str(err).lower():
             raise UserError(
                 f"refusing to load {path}: it contains pickled Python objects (code), which certify "
                 f"never executes; re-save it as a dict of tensors and plain values") from None

@@ -437,6 +437,20 @@ def read_sidecar(tsv_path: str | os.PathLike[str]) -> dict[str, Any] | None:
 # Merging shards
 
 
+def _check_shard_set(shards: list[Any]) -> None:
+    """Shards I/N of one run must be exactly 0/N .. N-1/N, or the merge is not that run."""
+    if all(s is None for s in shards):
+        return
+    try:
+        pairs = [tuple(int(v) for v in str(s).split("/")) for s in shards]
+        parts = {n for _, n in pairs}
+    except ValueError:
+        raise UserError(f"sidecars name shards {shards}: not all of the form I/N") from None
+    if len(parts) != 1 or sorted(i for i, _ in pairs) != list(range(next(iter(parts)))):
+        raise UserError(f"these files are shards {', '.join(map(str, shards))}: a full run needs each "
+                        f"of 0/N .. N-1/N exactly once")
+
+
 def _merge_sidecars(paths: list[Path]) -> dict[str, Any] | None:
     cars = [(p, read_sidecar(p)) for p in paths]
     have = [p for p, c in cars if c is not None]
@@ -459,6 +473,7 @@ def _merge_sidecars(paths: list[Path]) -> dict[str, Any] | None:
                     f"sidecars disagree on {key!r}: {sidecar_path(first_path)} has {a!r}, "
                     f"{sidecar_path(p)} has {b!r}; these are not shards of one run"
                 )
+    _check_shard_set([car.get("shard") for _, car in cars])
     merged = dict(first)
     merged.pop("shard", None)
     merged["merged_from"] = [str(p) for p in paths]

@@ -24,8 +24,9 @@ from certify.errors import UserError
 from certify.results import ResultWriter, check_writable, read_sidecar, write_sidecar
 
 # Sidecar keys that must match for --resume to continue a file (the rest may differ between sessions).
+# The noise stream can depend on --batch and the device type, so those must match too.
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "skip", "count", "shard", "certifier",
-               "norm", "sigma", "n0", "n", "alpha", "precision", "seed")
+               "norm", "sigma", "n0", "n", "alpha", "precision", "seed", "batch", "device_type")
 
 
 @dataclass
@@ -88,10 +89,14 @@ def run_certification(spec: RunSpec, progress: bool = True) -> Path:
         "dataset": ckpt.dataset, "split": spec.split, "skip": spec.skip, "count": spec.count,
         "shard": f"{spec.shard[0]}/{spec.shard[1]}" if spec.shard else None,
         "examples": len(indices), **certifier.describe(),
-        "device": _device_name(opts.device), "hostname": socket.gethostname(),
+        "device": _device_name(opts.device), "device_type": opts.device.type,
+        "hostname": socket.gethostname(),
         "torch": torch.__version__, "python": platform.python_version(),
     }
     previous = read_sidecar(out) if spec.resume and out.exists() else None
+    if spec.resume and out.exists() and previous is None:
+        raise UserError(f"cannot --resume {out}: its sidecar {out}.json is missing, so its settings are "
+                        f"unknown; use --force to start it afresh, or another --out")
     if previous is not None:
         changed = [k for k in RESUME_KEYS if previous.get(k) != sidecar.get(k)]
         if changed:

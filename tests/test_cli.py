@@ -231,3 +231,37 @@ def test_resuming_a_finished_run_changes_nothing(small_checkpoint, fake_fmnist, 
     files = {p: p.read_bytes() for p in (out, tmp_path / "r.tsv.json")}
     assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2", "--resume")) == 0
     assert {p: p.read_bytes() for p in files} == files
+
+
+def test_merge_refuses_an_incomplete_set_of_shards(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    shards = [tmp_path / f"s{i}.tsv" for i in range(3)]
+    for i, shard in enumerate(shards[:2]):
+        assert cli(*run_args(small_checkpoint, shard, fake_fmnist, "--shard", f"{i}/3", "--count", "6")) == 0
+    assert cli("merge", *shards[:2], "--out", tmp_path / "m.tsv") == 2
+    assert "0/N .. N-1/N" in capsys.readouterr().err
+    assert not (tmp_path / "m.tsv").exists()
+
+
+def test_resume_without_sidecar_is_refused(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "2")) == 0
+    (tmp_path / "r.tsv.json").unlink()
+    before = out.read_text()
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "3", "--resume")) == 2
+    assert "sidecar" in capsys.readouterr().err and out.read_text() == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--force", "--seed", "-1"], "--seed"),
+    (["--force", "--device", "mps"], "cpu or cuda"),
+    (["--resume", "--batch", "100"], "batch=64"),  # the noise stream may depend on it
+])
+def test_more_bad_run_options(extra, message, small_checkpoint, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "1")) == 0
+    before = out.read_text()
+    capsys.readouterr()
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "1"), *extra) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert out.read_text() == before

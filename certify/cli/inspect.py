@@ -9,11 +9,14 @@ import click
 
 @click.command("info")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-def info_command(checkpoint: Path) -> None:
+@click.option("--dataset", default=None, help="Only for reference checkpoints: their dataset.")
+@click.option("--sigma", type=click.FloatRange(0, min_open=True), default=None,
+              help="Only for reference checkpoints: their noise level.")
+def info_command(checkpoint: Path, dataset: str | None, sigma: float | None) -> None:
     """Show what CHECKPOINT records: architecture, data, certification, training and metrics."""
     from certify.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, dataset=dataset, sigma=sigma)
     params = sum(t.numel() for t in ckpt.state_dict.values())
     config = ckpt.training.get("config", {})
     rows = [

@@ -17,8 +17,13 @@ def pick_device(name: str):
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device name (use auto, cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: certify runs on cpu or cuda devices")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
     return device
 
 
@@ -28,7 +33,7 @@ data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
     help="Directory with the dataset files (default: $CERTIFY_DATA, the Debian package path for "
          "Fashion-MNIST, then ./data/NAME).")
-seed_option = click.option("--seed", type=int, default=0, show_default=True,
+seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                            help="Seed; each example's noise is seeded by (seed, index).")
 
 

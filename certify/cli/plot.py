@@ -40,6 +40,11 @@ def plot_command(results: tuple[Path, ...], out: Path, labels: tuple[str, ...],
     from certify.results import read_results, read_sidecar
     from certify.summary import default_radii, summary_table
 
+    from certify.results import check_writable
+
+    for path in (out, table_out):
+        if path is not None:
+            check_writable(path)
     if labels and len(labels) != len(results):
         raise UserError(f"{len(labels)} --label for {len(results)} files: give one per file or none")
     runs = [read_results(p) for p in results]

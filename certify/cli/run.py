@@ -40,7 +40,9 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,
               show_default=True, help="Failure probability of each certificate.")
 @click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Noisy copies per forward pass (memory only; results do not depend on it).")
+              help="Noisy copies per forward pass. On the CPU the rows do not depend on it for the "
+                   "built-in datasets (inputs of a multiple of 16 values); on a GPU the noise stream "
+                   "does, so --resume and merge require the same value.")
 @seed_option
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
               show_default=True, help="dtype of the base classifier's forward; noise is always fp32.")
@@ -90,10 +92,16 @@ def run_command(checkpoint: Path, out: Path, split: str, skip: int, count: int |
 @click.command("merge")
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def merge_command(shards: tuple[Path, ...], out: Path) -> None:
-    """Join the TSV files of 'certify run --shard' into the rows of one run (sorted by index)."""
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
+def merge_command(shards: tuple[Path, ...], out: Path, force: bool) -> None:
+    """Join the TSV files of 'certify run --shard' into the rows of one run (sorted by index).
+
+    The shards must be 0/N .. N-1/N of one run: their sidecars must agree on every setting.
+    """
     from certify.results import merge_results
 
+    if out.exists() and not force:
+        raise UserError(f"{out} exists: pass --force to overwrite it, or choose another --out")
     merge_results(list(shards), out)
     _print_summary([out])
 

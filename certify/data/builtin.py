@@ -50,7 +50,7 @@ CIFAR10 = DatasetInfo(
              "dog", "frog", "horse", "ship", "truck"),
 )
 
-_ELSEWHERE = "pass --data-dir / set CERTIFY_DATA, or --download"
+_ELSEWHERE = "pass --data-dir / set CERTIFY_DATA, or download it with torchvision into ./data/fashion-mnist"
 
 register_dataset(FileDataset(
     info=FASHION_MNIST,
@@ -67,7 +67,7 @@ register_dataset(FileDataset(
     disk_format=IdxFormat(torchvision_dir="MNIST"),
     torchvision_class="MNIST",
     how_to_get="pass --data-dir holding the IDX files (directly or torchvision's MNIST/raw/), "
-    "set CERTIFY_DATA, or use --download where online",
+    "set CERTIFY_DATA, or download it with torchvision.datasets.MNIST into ./data/mnist where online",
     # No augmentation: the SmoothMix reference trains MNIST with ToTensor only.
     train_augmentation=None,
 ))
@@ -77,7 +77,7 @@ register_dataset(FileDataset(
     disk_format=Cifar10Format(),
     torchvision_class="CIFAR10",
     how_to_get="pass --data-dir holding torchvision's cifar-10-batches-py/ (or its batch files), "
-    "set CERTIFY_DATA, or use --download where online",
+    "set CERTIFY_DATA, or download it with torchvision.datasets.CIFAR10 into ./data/cifar10 where online",
     # Cohen et al.'s CIFAR-10 training: RandomCrop(32, padding=4) + RandomHorizontalFlip.
     train_augmentation=lambda: RandomCropFlip(padding=4),
 ))
