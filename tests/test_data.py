@@ -226,7 +226,7 @@ def test_missing_mnist_lists_search_path(tmp_path: Path, monkeypatch: pytest.Mon
     assert "\n" not in message
     for place in (tmp_path / "root" / "mnist", tmp_path / "root", tmp_path / "data" / "mnist"):
         assert str(place) in message
-    assert "--data-dir" in message and "--download" in message
+    assert "--data-dir" in message and "torchvision.datasets.MNIST" in message
 
 
 def test_incomplete_directory_is_not_a_dataset(tmp_path: Path) -> None:
