@@ -1,6 +1,6 @@
 """Certifiers: what turns a loaded checkpoint into per-example (prediction, radius) rows.
 
-A checkpoint records its certification kind ("smoothing" now; the ℓ∞-dist kinds register theirs);
+A checkpoint records its certification kind ("smoothing" or "linf_dist");
 ``make_certifier`` looks the kind up here, so ``certify run`` needs no flags the checkpoint knows.
 """
 
@@ -25,6 +25,9 @@ class Certifier(Protocol):
 
     def certify(self, x: torch.Tensor, idx: int) -> tuple[int, float]: ...
 
+    # Optional: certifiers that work on whole batches also define
+    # ``certify_batch(x: Tensor, idx: list[int]) -> list[tuple[int, float]]``; the runner prefers it.
+
     def describe(self) -> dict[str, Any]: ...
 
 
@@ -39,6 +42,7 @@ class CertifyOptions:
     seed: int = 0
     precision: str = "fp32"
     device: torch.device = torch.device("cpu")
+    bound: str = "auto"  # ℓ∞-dist nets: "lipschitz", "interval" or "auto" (the net's natural one)
 
 
 CertifierFactory = Callable[[Checkpoint, nn.Module, CertifyOptions], Certifier]
@@ -70,4 +74,11 @@ def _smoothing_factory(ckpt: Checkpoint, model: nn.Module, options: CertifyOptio
     return SmoothingCertifier(model, ckpt.num_classes, float(ckpt.certification["sigma"]), options)
 
 
+def _linf_dist_factory(ckpt: Checkpoint, model: nn.Module, options: CertifyOptions) -> Certifier:
+    from certify.linf_dist.certifier import LinfDistCertifier
+
+    return LinfDistCertifier(model, options, bound=options.bound)
+
+
 register_certifier("smoothing", _smoothing_factory)
+register_certifier("linf_dist", _linf_dist_factory)

@@ -26,7 +26,7 @@ from certify.results import ResultWriter, check_writable, read_sidecar, write_si
 # Sidecar keys that must match for --resume to continue a file (the rest may differ between sessions).
 # The noise stream can depend on --batch and the device type, so those must match too.
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "skip", "count", "shard", "certifier",
-               "norm", "sigma", "n0", "n", "alpha", "precision", "seed", "batch", "device_type")
+               "norm", "sigma", "n0", "n", "alpha", "precision", "seed", "batch", "device_type", "bound")
 
 
 @dataclass
@@ -123,21 +123,29 @@ def _certify_rows(certifier: Any, data: Any, todo: list[int], writer: ResultWrit
                   progress: bool) -> None:
     from tqdm import tqdm
 
-    correct = abstained = 0
+    correct = abstained = done = 0
+    batched = hasattr(certifier, "certify_batch")
+    step = certifier.options.batch_size if batched else 1
     with tqdm(total=len(todo), unit="img", desc="certify", disable=not progress,
               dynamic_ncols=True) as bar:
-        for done, idx in enumerate(todo, start=1):
-            x, label = data[idx]
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            items = [data[idx] for idx in chunk]
             t0 = time.perf_counter()
-            prediction, radius = certifier.certify(x, idx)
-            seconds = time.perf_counter() - t0
-            hit = int(prediction == label)
-            writer.write(idx, label, prediction, radius, hit, seconds)
-            correct += hit
-            abstained += prediction < 0
+            if batched:
+                rows = certifier.certify_batch(torch.stack([x for x, _ in items]), chunk)
+            else:
+                rows = [certifier.certify(items[0][0], chunk[0])]
+            seconds = (time.perf_counter() - t0) / len(chunk)  # a batch's time, shared evenly
+            for idx, (_, label), (prediction, radius) in zip(chunk, items, rows, strict=True):
+                hit = int(prediction == label)
+                writer.write(idx, label, prediction, radius, hit, seconds)
+                correct += hit
+                abstained += prediction < 0
+                done += 1
             bar.set_postfix(acc=f"{correct / done:.3f}", abstain=f"{abstained / done:.1%}",
                             refresh=False)
-            bar.update()
+            bar.update(len(chunk))
 
 
 def _device_name(device: torch.device) -> str:

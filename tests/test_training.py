@@ -158,8 +158,15 @@ def test_every_recipe_loads_and_names_its_source():
     for name in names:
         recipe = load_recipe(name)
         assert recipe.description and recipe.source, name
-        assert set(recipe.config) <= fields and "sigma" in recipe.objective, name
-        TrainConfig(**recipe.config).validate()
+        assert set(recipe.config) <= fields, name
+        config = TrainConfig(**recipe.config)
+        config.validate()
+        # every objective argument is one the objective takes (building it checks the values)
+        make_objective(config.objective, **recipe.objective)
+        if config.arch.startswith("linf_"):
+            assert {"eps_train", "eps_test"} <= set(recipe.objective), name
+        else:
+            assert "sigma" in recipe.objective, name
     cifar = load_recipe("cifar10-smoothmix-s0.5")
     assert (cifar.config["epochs"], cifar.config["lr_step_size"]) == (150, 50)
     assert (cifar.config["arch"], cifar.config["batch_size"]) == ("cifar_resnet110", 256)
@@ -191,8 +198,7 @@ def test_explicit_flag_beats_recipe_beats_default(captured, tmp_path):
     assert (c.dataset, c.arch, c.objective, c.lr, c.lr_step_size, c.batch_size) == (
         "fashion-mnist", "lenet", "smoothmix", 0.05, 2, 256)  # from the recipe
     assert c.objective_params == {"sigma": 0.5, "num_noise_vec": 2, "num_steps": 3, "step_size": 2.0,
-                                  "eta": 1.0, "mix_step": 1, "warmup": 2, "maxnorm_s": None,
-                                  "maxnorm": None}
+                                  "eta": 1.0, "mix_step": 1, "warmup": 2}  # unset: SmoothMix's default
     assert c.momentum == 0.9 and c.amp == "off" and captured["log_path"] == tmp_path / "x.jsonl"
 
     assert cli("train", "--recipe", "fmnist-smoothmix-s0.5-short", "--objective", "gaussian",
@@ -203,7 +209,12 @@ def test_explicit_flag_beats_recipe_beats_default(captured, tmp_path):
 
 def test_smoothmix_flags_need_the_smoothmix_objective(captured, tmp_path, capsys):
     assert cli("train", "--num-steps", "3", "--out", tmp_path / "m.pt") == 2
-    assert "--num-steps only apply to --objective smoothmix" in capsys.readouterr().err
+    assert "--num-steps does not apply to --objective gaussian" in capsys.readouterr().err
+    assert cli("train", "--objective", "linf_hinge", "--sigma", "0.5", "--eps-train", "0.2",
+               "--eps-test", "0.1", "--out", tmp_path / "m.pt") == 2
+    assert "--sigma does not apply to --objective linf_hinge" in capsys.readouterr().err
+    assert cli("train", "--objective", "linf_mixture", "--out", tmp_path / "m.pt") == 2
+    assert "needs --eps-train and --eps-test" in capsys.readouterr().err
 
 
 def test_list_recipes_and_unknown_recipe(tmp_path, capsys):
@@ -216,4 +227,5 @@ def test_list_recipes_and_unknown_recipe(tmp_path, capsys):
     assert err.startswith("error: unknown recipe 'nope'; available: ") and "mnist-gaussian-s0.5" in err
     assert len(err.strip().splitlines()) == 1
     assert cli("train", "--help") == 0
-    assert "gaussian" in capsys.readouterr().out.split("--objective")[1].split("--sigma")[0]
+    options = capsys.readouterr().out.split("Options:")[1]
+    assert "linf_mixture" in options.split("--objective")[1].split("--sigma")[0]

@@ -55,16 +55,23 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--sigma", type=click.FloatRange(0, min_open=True), default=None,
               help="Noise level σ; required for reference checkpoints, otherwise overrides the "
                    "training σ recorded in the checkpoint.")
+@click.option("--bound", type=click.Choice(["auto", "lipschitz", "interval"]), default="auto",
+              show_default=True,
+              help="ℓ∞-dist checkpoints only: 'lipschitz' radius σ·margin/2 (pure net, one pass), "
+                   "'interval' bounds over the clipped pixel box (largest ε by bisection; the "
+                   "hybrid net's certificate), 'auto' the net's natural one.")
 @device_option
 @data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def run_command(checkpoint: Path, out: Path, split: str, skip: int, count: int | None, n0: int, n: int,
-                alpha: float, batch: int, seed: int, precision: str, resume: bool, force: bool,
-                shard: tuple[int, int] | None, dataset: str | None, sigma: float | None,
+                alpha: float, batch: int, seed: int, precision: str, bound: str, resume: bool,
+                force: bool, shard: tuple[int, int] | None, dataset: str | None, sigma: float | None,
                 device: str, data_dir: str | None, quiet: bool) -> None:
     """Certify CHECKPOINT on a dataset split: a prediction and a certified radius per example.
 
-    The checkpoint knows its architecture, dataset, normalization and σ, so no flag repeats them.
+    The checkpoint knows its architecture, dataset, normalization and certificate, so no flag
+    repeats them. Smoothing models get an ℓ2 radius by Monte Carlo (--n0, --n, --alpha, --seed);
+    ℓ∞-dist nets get a deterministic ℓ∞ radius in batches of --batch images (--bound).
     Rows are written and flushed one at a time; an interrupted run continues with --resume.
 
     \b
@@ -72,6 +79,7 @@ def run_command(checkpoint: Path, out: Path, split: str, skip: int, count: int |
       certify run models/m.pt --out m.tsv --skip 20 --n 100000   # the papers' 500 CIFAR-10 images
       certify run m.pt --out part0.tsv --shard 0/2 & certify run m.pt --out part1.tsv --shard 1/2
       certify merge part0.tsv part1.tsv --out m.tsv
+      certify run models/fmnist-linf-v2-short.pt --out linf.tsv      # ℓ∞-dist net, all 10000
     """
     from certify.certifiers import CertifyOptions
     from certify.runner import RunSpec, run_certification
@@ -79,7 +87,7 @@ def run_command(checkpoint: Path, out: Path, split: str, skip: int, count: int |
     if resume and force:
         raise UserError("--resume and --force contradict each other: choose one")
     options = CertifyOptions(n0=n0, n=n, alpha=alpha, batch_size=batch, seed=seed,
-                             precision=precision, device=pick_device(device))
+                             precision=precision, device=pick_device(device), bound=bound)
     spec = RunSpec(checkpoint=checkpoint, out=out, split=split, skip=skip, count=count, shard=shard,
                    resume=resume, force=force, dataset=dataset, sigma=sigma,
                    data_dir=Path(data_dir) if data_dir else None, options=options,
@@ -112,6 +120,7 @@ def _print_summary(paths: list[Path]) -> None:
 
     results = [read_results(p) for p in paths]
     norm = (read_sidecar(paths[0]) or {}).get("norm", "l2")
+    click.echo(f"certified accuracy at {'ℓ∞' if norm == 'linf' else 'ℓ2'} radius r (pixel units):")
     click.echo(summary_table(results, [str(p) for p in paths], default_radii(results, norm)))
 
 

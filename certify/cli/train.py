@@ -1,4 +1,5 @@
-"""``certify train``: train a base classifier for certification (Gaussian augmentation or SmoothMix).
+"""``certify train``: train a model for certification: a smoothing base classifier (Gaussian
+augmentation or SmoothMix) or an ℓ∞-distance net (the v2 mixture loss, the v1 hinge, the hybrid CE).
 
 Recipes (``certify/recipes/*.toml``) are published settings kept as data: ``--recipe NAME`` fills in
 every option the user did not type, so an explicit flag always beats the recipe, which beats the
@@ -32,11 +33,32 @@ RECIPE_KEYS: dict[str, tuple[str, str]] = {
     "eta": ("objective", "eta"), "mix_step": ("objective", "mix_step"),
     "warmup": ("objective", "warmup"), "maxnorm_s": ("objective", "maxnorm_s"),
     "maxnorm": ("objective", "maxnorm"),
+    "optimizer": ("config", "optimizer"), "adam_beta1": ("config", "adam_beta1"),
+    "adam_beta2": ("config", "adam_beta2"), "adam_eps": ("config", "adam_eps"),
+    "scalar_lr": ("config", "scalar_lr"), "lr_schedule": ("config", "lr_schedule"),
+    "cosine_start": ("config", "cosine_start"), "augment": ("config", "augment"),
+    "eps_train": ("objective", "eps_train"), "eps_test": ("objective", "eps_test"),
+    "p_start": ("objective", "p_start"), "p_end": ("objective", "p_end"),
+    "p_start_epoch": ("objective", "p_start_epoch"), "p_end_epoch": ("objective", "p_end_epoch"),
+    "eps_start_epoch": ("objective", "eps_start_epoch"), "eps_end_epoch": ("objective", "eps_end_epoch"),
+    "lambda_start": ("objective", "lambda_start"), "lambda_end": ("objective", "lambda_end"),
+    "hinge_mix": ("objective", "mix"), "kappa": ("objective", "kappa"),
 }
 # Options that only SmoothMix takes: click parameter -> SmoothMix argument.
 SMOOTHMIX_PARAMS = {"num_noise_vec": "num_noise_vec", "num_steps": "num_steps",
                     "attack_step": "step_size", "eta": "eta", "mix_step": "mix_step",
                     "warmup": "warmup", "maxnorm_s": "maxnorm_s", "maxnorm": "maxnorm"}
+# The ℓ∞-dist objectives' schedule options, shared by all three.
+LINF_PARAMS = {name: name for name in ("eps_train", "eps_test", "p_start", "p_end", "p_start_epoch",
+                                       "p_end_epoch", "eps_start_epoch", "eps_end_epoch")}
+# Click parameter -> argument, for each objective's own options.
+OBJECTIVE_PARAMS: dict[str, dict[str, str]] = {
+    "gaussian": {"sigma": "sigma"},
+    "smoothmix": {"sigma": "sigma", **SMOOTHMIX_PARAMS},
+    "linf_mixture": {**LINF_PARAMS, "lambda_start": "lambda_start", "lambda_end": "lambda_end"},
+    "linf_hinge": {**LINF_PARAMS, "hinge_mix": "mix"},
+    "linf_hybrid_ce": {**LINF_PARAMS, "kappa": "kappa"},
+}
 
 
 def _list_recipes(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -102,16 +124,19 @@ def _apply_recipe(ctx: click.Context, recipe: Recipe, values: dict[str, Any]) ->
 
 
 def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """σ for every objective; the SmoothMix options only for SmoothMix (typed elsewhere: an error)."""
-    params: dict[str, Any] = {"sigma": values["sigma"]}
-    if values["objective"] == "smoothmix":
-        params |= {arg: values[name] for name, arg in SMOOTHMIX_PARAMS.items()}
-        return params
-    typed = [f"--{name.replace('_', '-')}" for name in SMOOTHMIX_PARAMS
+    """The chosen objective's options (None: its default); an option typed for another: an error."""
+    objective = values["objective"]
+    own = OBJECTIVE_PARAMS.get(objective, {"sigma": "sigma"})
+    params = {arg: values[name] for name, arg in own.items() if values[name] is not None}
+    everything = {name for names in OBJECTIVE_PARAMS.values() for name in names}
+    typed = [f"--{name.replace('_', '-')}" for name in sorted(everything - set(own))
              if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
     if typed:
-        raise UserError(f"{', '.join(typed)} only apply to --objective smoothmix, not "
-                        f"{values['objective']!r}")
+        verb = "does" if len(typed) == 1 else "do"
+        raise UserError(f"{', '.join(typed)} {verb} not apply to --objective {objective}")
+    if objective.startswith("linf_") and ("eps_train" not in params or "eps_test" not in params):
+        raise UserError(f"--objective {objective} needs --eps-train and --eps-test (pixel units), "
+                        f"e.g. from --recipe fmnist-linf-v2-short")
     return params
 
 
@@ -123,13 +148,14 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               help="fashion-mnist, mnist or cifar10.")
 @click.option("--arch", default="lenet", show_default=True,
-              help="lenet (28×28), small_cnn, cifar_resnet20, cifar_resnet110.")
+              help="lenet (28×28), small_cnn, cifar_resnet20, cifar_resnet110, linf_dist_net, "
+                   "linf_dist_hybrid.")
 @click.option("--arch-opt", "arch_kwargs", multiple=True, callback=_parse_arch_options,
               metavar="KEY=VALUE", help="Architecture option, e.g. --arch-opt width=8 for small_cnn.")
 @click.option("--objective", cls=_ObjectiveOption, default="gaussian", show_default=True,
               help="Training objective.")
 @click.option("--sigma", type=click.FloatRange(0, min_open=True), default=0.25, show_default=True,
-              help="Noise level σ in [0,1] pixel units; certify with the same σ.")
+              help="Smoothing objectives: noise level σ in [0,1] pixel units; certify with the same σ.")
 @click.option("--epochs", type=click.IntRange(min=1), default=90, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per optimizer step in each process. Under torchrun with K processes a step "
@@ -157,6 +183,46 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
               help="SmoothMix: ℓ2 radius for the --mix-step point (default: attack-step × mix-step).")
 @click.option("--maxnorm", type=click.FloatRange(0, min_open=True), default=None,
               help="SmoothMix: ℓ2 ball for the attack (default: none, only the [0,1] clamp).")
+@click.option("--eps-train", type=click.FloatRange(0, min_open=True), default=None,
+              help="ℓ∞ nets: training ε in pixel units (the hinge threshold is θ = 2ε).")
+@click.option("--eps-test", type=click.FloatRange(0, min_open=True), default=None,
+              help="ℓ∞ nets: the ε whose certified accuracy is logged each epoch at p = ∞.")
+@click.option("--p-start", type=click.FloatRange(min=1), default=None,
+              help="ℓ∞ nets: initial p of the ℓp relaxation (default 8).")
+@click.option("--p-end", type=click.FloatRange(min=1), default=None,
+              help="ℓ∞ nets: p reached at --p-end-epoch, then ∞ if ≥ 100 (default 1000).")
+@click.option("--p-start-epoch", type=click.FloatRange(min=0), default=None,
+              help="ℓ∞ nets: epoch where p starts growing geometrically (v2 CIFAR: 100).")
+@click.option("--p-end-epoch", type=click.FloatRange(min=0), default=None,
+              help="ℓ∞ nets: epoch where p reaches --p-end and switches to ∞ (v2 CIFAR: 1250).")
+@click.option("--eps-start-epoch", type=click.FloatRange(min=0), default=None,
+              help="ℓ∞ nets: start of a linear ε ramp (default none: ε from the start).")
+@click.option("--eps-end-epoch", type=click.FloatRange(min=0), default=None,
+              help="ℓ∞ nets: end of the linear ε ramp.")
+@click.option("--lambda-start", type=click.FloatRange(0, min_open=True), default=None,
+              help="linf_mixture: initial weight λ of the scaled cross-entropy (default 0.05).")
+@click.option("--lambda-end", type=click.FloatRange(0, min_open=True), default=None,
+              help="linf_mixture: final λ, reached with p (default 0.0002).")
+@click.option("--hinge-mix", type=click.FloatRange(0, 1), default=None,
+              help="linf_hinge: weight of the max-over-classes hinge against the mean (default 0.75).")
+@click.option("--kappa", type=click.FloatRange(0, 1), default=None,
+              help="linf_hybrid_ce: weight κ of the worst-case cross-entropy (default 1).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
+              help="SGD (smoothing references) or Adam (ℓ∞-dist references).")
+@click.option("--adam-beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True)
+@click.option("--adam-beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999,
+              show_default=True)
+@click.option("--adam-eps", type=click.FloatRange(0, min_open=True), default=1e-8, show_default=True)
+@click.option("--scalar-lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="lr of the v2 net's learnable logit scale (the reference's 0.006; default --lr).")
+@click.option("--lr-schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+              help="step: ×--gamma every --lr-step epochs; cosine: per minibatch down to 0 at the end.")
+@click.option("--cosine-start", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Epochs at the initial lr before the cosine starts (v1 ℓ∞ schedule).")
+@click.option("--augment", type=click.Choice(["dataset", "none", "crop-zero", "crop-edge"]),
+              default="dataset", show_default=True,
+              help="Training augmentation: the dataset's standard one, none, or the ℓ∞-dist nets' "
+                   "random crops: v1 zero-padded (crop-zero), v2 edge-padded (crop-edge).")
 @click.option("--train-count", type=click.IntRange(min=1), default=None,
               help="Train on the first N training images only (short budgets).")
 @click.option("--eval-count", type=click.IntRange(min=1), default=None,
@@ -180,11 +246,13 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
 @click.pass_context
 def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: Path | None, resume: bool,
                   quiet: bool, device: str, data_dir: str | None, **values: Any) -> None:
-    """Train a model whose smoothed version 'certify run' can certify.
+    """Train a model that 'certify run' can certify.
 
     Defaults are those of the randomized-smoothing reference (SGD, lr 0.1, momentum 0.9, weight
-    decay 1e-4, lr ×0.1 every 30 epochs, batch 256). The checkpoint records the architecture,
-    data, normalization, σ and this command line; OUT.jsonl gets one line of metrics per epoch.
+    decay 1e-4, lr ×0.1 every 30 epochs, batch 256). ℓ∞-distance nets (--arch linf_dist_net,
+    linf_dist_hybrid) train with an --objective linf_*, Adam and a per-minibatch p schedule: start
+    from a recipe (--list-recipes). The checkpoint records the architecture, data, normalization,
+    certificate and this command line; OUT.jsonl gets one line of metrics per epoch.
 
     Under 'torchrun --nproc_per_node=K' (one process per GPU, or CPU processes with gloo) the same
     command trains data-parallel: each process takes --batch images per step (global batch K×batch),
@@ -195,6 +263,7 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
       certify train --dataset fashion-mnist --arch lenet --sigma 0.25 --epochs 10 --out m.pt
       certify train --recipe fmnist-smoothmix-s0.5-short --out sm.pt
       certify train --recipe cifar10-smoothmix-s0.5 --data-dir ~/cifar --out c.pt
+      certify train --recipe fmnist-linf-v2-short --out linf.pt
       torchrun --nproc_per_node=4 -m certify.cli train --recipe cifar10-gaussian-s0.5 --batch 64 \\
           --data-dir ~/cifar --out c.pt
     """
@@ -209,6 +278,10 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
         dataset=values["dataset"], arch=values["arch"], arch_kwargs=values["arch_kwargs"],
         objective=values["objective"], objective_params=_objective_params(ctx, values),
         epochs=values["epochs"], batch_size=values["batch"], lr=values["lr"],
+        optimizer=values["optimizer"], adam_beta1=values["adam_beta1"],
+        adam_beta2=values["adam_beta2"], adam_eps=values["adam_eps"], scalar_lr=values["scalar_lr"],
+        lr_schedule=values["lr_schedule"], cosine_start=values["cosine_start"],
+        augment=values["augment"],
         momentum=values["momentum"], weight_decay=values["weight_decay"], lr_step_size=values["lr_step"],
         lr_gamma=values["gamma"], train_count=values["train_count"], eval_count=values["eval_count"],
         seed=values["seed"], workers=values["workers"], device=str(pick_device(device)),

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from certify.data.registry import DatasetInfo
 from certify.errors import UserError
 from certify.nets.cifar_resnet import CifarResNet
 from certify.nets.lenet import LeNet
@@ -20,7 +21,7 @@ from certify.nets.normalize import NormalizeLayer
 from certify.nets.small_cnn import SmallCNN
 
 __all__ = ["NormalizeLayer", "ArchSpec", "register_architecture", "available_architectures",
-           "build_model"]
+           "build_model", "model_normalization"]
 
 Shape = tuple[int, int, int]
 
@@ -33,6 +34,9 @@ class ArchSpec:
     summary: str
     accepts: Callable[[Shape], bool] = lambda shape: True
     accepts_text: str = "any input shape"
+    # (mean, std) this architecture trains with on a dataset; None: the dataset's own statistics.
+    normalization: Callable[[DatasetInfo], tuple[tuple[float, ...], tuple[float, ...]]] | None = None
+    scalar_std: bool = False  # one std for all channels (ℓ∞ models: an ℓ∞ ball must stay a ball)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -57,6 +61,12 @@ def architecture_spec(name: str) -> ArchSpec:
                         f"{', '.join(available_architectures())}") from None
 
 
+def model_normalization(arch: str, info: DatasetInfo) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a new ``arch`` model for dataset ``info`` starts with (its first layer)."""
+    spec = architecture_spec(arch)
+    return spec.normalization(info) if spec.normalization is not None else (info.mean, info.std)
+
+
 def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], mean: Sequence[float],
                 std: Sequence[float], **kwargs: Any) -> nn.Sequential:
     """Build ``NormalizeLayer(mean, std)`` followed by the named network (random weights)."""
@@ -67,6 +77,8 @@ def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], mean
                         f"{'×'.join(map(str, shape))}")
     if len(mean) != shape[0]:
         raise UserError(f"normalization has {len(mean)} channels but inputs have {shape[0]}")
+    if spec.scalar_std and len(set(std)) != 1:
+        raise UserError(f"architecture {arch!r} needs one std for all channels, got {list(std)}")
     try:
         net = spec.build(num_classes, shape, **kwargs)
     except TypeError as err:
@@ -88,3 +100,20 @@ for _depth in (20, 110):
         build=lambda k, shape, depth=_depth: CifarResNet(depth=depth, num_classes=k,
                                                         in_channels=shape[0]),
         summary=f"CIFAR ResNet-{_depth} of the smoothing references (widths 16/32/64)"))
+
+
+def _register_linf_dist() -> None:
+    from certify.linf_dist.nets import LinfDistHybrid, LinfDistNet, linf_normalization
+
+    register_architecture("linf_dist_net", ArchSpec(
+        build=lambda k, shape, **kw: LinfDistNet(shape, k, **kw),
+        summary="ℓ∞-distance net (options: depth=5, width=5120, scalar=0|1 for the v2 logit scale)",
+        normalization=linf_normalization, scalar_std=True))
+    register_architecture("linf_dist_hybrid", ArchSpec(
+        build=lambda k, shape, **kw: LinfDistHybrid(shape, k, **kw),
+        summary="ℓ∞-distance net + MLP head certified by interval bounds "
+                "(options: dist_depth=5, width=5120, hidden=512)",
+        normalization=linf_normalization, scalar_std=True))
+
+
+_register_linf_dist()

@@ -14,10 +14,11 @@ from torch import nn
 
 from certify.errors import UserError
 from certify.objectives.gaussian import GaussianAugmentation
+from certify.objectives.linf_margin import LinfHinge, LinfHybridCE, LinfMixture
 from certify.objectives.smoothmix import SmoothMix
 
 __all__ = ["Objective", "register_objective", "make_objective", "available_objectives",
-           "GaussianAugmentation", "SmoothMix"]
+           "GaussianAugmentation", "SmoothMix", "LinfMixture", "LinfHinge", "LinfHybridCE"]
 
 
 class Objective(Protocol):
@@ -25,6 +26,8 @@ class Objective(Protocol):
 
     ``steps_per_batch``: the trainer splits each loader batch into this many equal chunks and takes
     one optimizer step per chunk (SmoothMix's reference does m steps per batch; most objectives: 1).
+    Optional ``schedule(model, step, steps_per_epoch) -> dict`` is called before every loader batch
+    (global step from 0) for per-minibatch schedules such as the ℓ∞ nets' p.
     """
 
     name: str
@@ -57,3 +60,6 @@ def make_objective(name: str, **params: Any) -> Objective:
 
 register_objective("gaussian", GaussianAugmentation)
 register_objective("smoothmix", SmoothMix)
+register_objective("linf_mixture", LinfMixture)
+register_objective("linf_hinge", LinfHinge)
+register_objective("linf_hybrid_ce", LinfHybridCE)

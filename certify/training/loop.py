@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from certify.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from certify.errors import UserError
+from certify.data.augment import crop_augmentation
 from certify.fsutil import atomic_write_text
+from certify.linf_dist.schedules import cosine_factor
 from certify.objectives import make_objective
 from certify.training import distributed
 from certify.training.distributed import DistInfo
@@ -36,6 +38,9 @@ from certify.training.distributed import DistInfo
 # Fields that may change when a run is resumed (they do not change what is being trained).
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir", "channels_last")
 AMP_MODES = ("off", "bf16")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("step", "cosine")
+AUGMENTATIONS = ("dataset", "none", "crop-zero", "crop-edge")
 
 
 @dataclass
@@ -54,6 +59,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step_size: int = 30
     lr_gamma: float = 0.1
+    optimizer: str = "sgd"  # "adam": Adam with adam_beta1/2, adam_eps and weight_decay (ℓ∞ nets)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    scalar_lr: float | None = None  # lr of a net's logit_scale (the v2 objective's s), else lr
+    lr_schedule: str = "step"  # "cosine": per minibatch to 0 at the end, after cosine_start epochs
+    cosine_start: int = 0  # epochs at the initial lr before the cosine starts (v1's e1; v2: 0)
+    augment: str = "dataset"  # its standard one; "none"; the ℓ∞-dist v1 "crop-zero" or v2 "crop-edge"
     train_count: int | None = None  # train on the first N training images only (short budgets)
     eval_count: int | None = None  # evaluate on the first N test images (None: all)
     seed: int = 0
@@ -73,8 +86,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.amp not in AMP_MODES:
-            raise UserError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        for name, allowed in (("amp", AMP_MODES), ("optimizer", OPTIMIZERS),
+                              ("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, name)!r}")
+        if not 0 <= self.cosine_start < self.epochs:
+            raise UserError(f"--cosine-start must be in [0, epochs), got {self.cosine_start}")
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command: str = "",
@@ -110,19 +128,28 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
            resume: bool, command: str, progress: bool, log: Callable[[str], Any],
            log_path: Path | None) -> Checkpoint:
     from certify.data import dataset_info, load_dataset
-    from certify.nets import build_model
+    from certify.nets import build_model, model_normalization
 
     info = dataset_info(config.dataset)
+    mean, std = model_normalization(config.arch, info)
     # seed + rank: every rank draws its own noise and augmentation; rank 0 (and a single process)
     # draws exactly what an undistributed run would. DDP then copies rank 0's initial weights.
     torch.manual_seed(config.seed + dist_info.rank)
     model = build_model(config.arch, num_classes=info.num_classes, input_shape=info.input_shape,
-                        mean=info.mean, std=info.std, **config.arch_kwargs).to(device)
+                        mean=mean, std=std, **config.arch_kwargs).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
+    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir,
+                             augment=config.augment == "dataset")
+    if config.augment.startswith("crop-"):
+        train_set.transform = crop_augmentation(info, edge=config.augment == "crop-edge")
+    test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    train_set = _first(train_set, config.train_count)
+    test_set = _first(test_set, config.eval_count)
+    sampler = distributed.train_sampler(train_set, dist_info, config.seed) if dist_info.enabled else None
+    steps_per_epoch = len(_loader(train_set, config, 0, sampler))
+    optimizer = _make_optimizer(model, config)
+    scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
     start_epoch, history = 0, []
     if resume and out.exists():
         start_epoch, history = _restore(out, config, model, optimizer, scheduler, dist_info, device, log)
@@ -130,11 +157,6 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
     if log_path is not None and start_epoch < config.epochs:
         _prepare_log(log_path, out, start_epoch, write=dist_info.is_main)
 
-    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir, augment=True)
-    test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
-    train_set = _first(train_set, config.train_count)
-    test_set = _first(test_set, config.eval_count)
-    sampler = distributed.train_sampler(train_set, dist_info, config.seed) if dist_info.enabled else None
     plain = model
     if dist_info.enabled:
         model = distributed.wrap_model(model, device)
@@ -145,9 +167,11 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        sums = _train_epoch(model, objective, _loader(train_set, config, epoch, sampler), optimizer,
-                            epoch, device, config, f"epoch {epoch + 1}/{config.epochs}", progress)
-        scheduler.step()
+        sums, scheduled = _train_epoch(model, objective, _loader(train_set, config, epoch, sampler), optimizer,
+                            scheduler, epoch, device, config, f"epoch {epoch + 1}/{config.epochs}",
+                            progress)
+        if config.lr_schedule == "step":
+            scheduler.step()
         seconds = time.perf_counter() - t0
         sums = distributed.sum_across_ranks(sums)
         distributed.broadcast_buffers(model)  # every replica now equals what rank 0 checkpoints
@@ -155,7 +179,8 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
         if dist_info.is_main:
             t1 = time.perf_counter()
             test = evaluate(plain, test_set, objective.certification(), device, config.seed)
-            metrics = {"epoch": epoch + 1, "lr": lr, **_averages(sums), "seconds": round(seconds, 2),
+            metrics = {"epoch": epoch + 1, "lr": lr, **scheduled, **_averages(sums),
+                       "seconds": round(seconds, 2),
                        "images_per_s": round(sums["images"] / seconds, 1), **test,
                        "eval_seconds": round(time.perf_counter() - t1, 2)}
         # after evaluation, whose DataLoader draws from the global RNG: a resumed run must match
@@ -164,8 +189,8 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
         history.append(metrics)
         ckpt = Checkpoint(
             arch=config.arch, arch_kwargs=dict(config.arch_kwargs), dataset=info.name,
-            input_shape=info.input_shape, num_classes=info.num_classes, mean=info.mean,
-            std=info.std, certification=objective.certification(),
+            input_shape=info.input_shape, num_classes=info.num_classes, mean=mean,
+            std=std, certification=objective.certification(),
             state_dict={k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()},
             training={"config": dataclasses.asdict(config), "history": history,
                       "world_size": dist_info.world_size},
@@ -184,6 +209,30 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
     return ckpt
 
 
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (the smoothing references) or Adam (the ℓ∞-dist references); a net's ``logit_scale``
+    gets its own group at ``scalar_lr`` when one is set."""
+    scalar = [p for name, p in model.named_parameters() if name.endswith("logit_scale")]
+    rest = [p for name, p in model.named_parameters() if not name.endswith("logit_scale")]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if scalar:
+        groups.append({"params": scalar, "lr": config.scalar_lr or config.lr})
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                eps=config.adam_eps, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """StepLR, stepped per epoch; or the ℓ∞ references' cosine, stepped per minibatch."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(
+            it, config.epochs, steps_per_epoch, config.cosine_start))
+    return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
+
+
 def _first(dataset: Any, count: int | None) -> Any:
     return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
 
@@ -200,18 +249,22 @@ def _loader(train_set: Any, config: TrainConfig, epoch: int,
 
 
 def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 epoch: int, device: torch.device, config: TrainConfig, desc: str,
-                 progress: bool) -> dict[str, float]:
-    """One pass over ``loader``; returns sums (not means) so that ranks can be added up."""
+                 scheduler: Any, epoch: int, device: torch.device, config: TrainConfig, desc: str,
+                 progress: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """One pass over ``loader``: sums (not means, so that ranks can be added up) and the values the
+    objective's schedule set for the last step (p, ε, ...)."""
     from tqdm import tqdm
 
     model.train()
     sums: dict[str, float] = {"loss": 0.0, "images": 0, "correct": 0}
     steps = objective.steps_per_batch
     channels_last = config.channels_last
+    schedule = getattr(objective, "schedule", None)
+    plain = getattr(model, "module", model)
     with tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress,
               dynamic_ncols=True) as bar:
-        for x, y in bar:
+        for batch_index, (x, y) in enumerate(bar):
+            scheduled = schedule(plain, epoch * len(loader) + batch_index, len(loader)) if schedule else {}
             x = x.to(device, non_blocking=True, memory_format=torch.channels_last
                      if channels_last and x.dim() == 4 else torch.preserve_format)
             y = y.to(device, non_blocking=True)
@@ -222,8 +275,11 @@ def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer
                 loss.backward()
                 optimizer.step()
                 _accumulate(sums, loss.item(), stats, len(yc))
-            bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", refresh=False)
-    return sums
+            if config.lr_schedule == "cosine":
+                scheduler.step()
+            bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", refresh=False,
+                            **{k: f"{v:.4g}" for k, v in scheduled.items()})
+    return sums, scheduled
 
 
 def _autocast(amp: str, device: torch.device) -> Any:
@@ -262,26 +318,50 @@ def _averages(sums: dict[str, float]) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Any, certification: dict[str, Any], device: torch.device,
              seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
-    """Clean test accuracy, and for smoothing models the accuracy under one noise draw per image."""
+    """Clean test accuracy; for smoothing models also the accuracy under one noise draw per image,
+    for ℓ∞-dist nets at p = ∞ the Lipschitz-certified accuracy at the recorded ε."""
     model.eval()
-    sigma = certification.get("sigma") if certification.get("kind") == "smoothing" else None
+    kind = certification.get("kind")
+    sigma = certification.get("sigma") if kind == "smoothing" else None
+    linf_eps = certification.get("eps") if kind == "linf_dist" and _linf_at_inf(model) else None
     generator = torch.Generator(device=device).manual_seed(seed)
-    clean = noisy = total = 0
+    clean = noisy = certified = total = 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
         x, y = x.to(device), y.to(device)
-        clean += (model(x).argmax(1) == y).sum().item()
+        logits = model(x)
+        hits = logits.argmax(1) == y
+        clean += hits.sum().item()
         if sigma:
             noise = torch.randn(x.shape, generator=generator, device=device) * sigma
             noisy += (model(x + noise).argmax(1) == y).sum().item()
+        if linf_eps:
+            from certify.linf_dist.certifier import lipschitz_radii
+
+            certified += (hits & (lipschitz_radii(model, logits) >= linf_eps)).sum().item()
         total += len(y)
     metrics = {"test_acc": round(clean / total, 5)}
     if sigma:
         metrics["test_noisy_acc"] = round(noisy / total, 5)
+    if linf_eps:
+        metrics["test_cert_acc"] = round(certified / total, 5)
     return metrics
+
+
+def _linf_at_inf(model: nn.Module) -> bool:
+    """True for an ℓ∞-dist pure net at p = ∞, whose Lipschitz certificate is then valid."""
+    from certify.linf_dist.layers import get_p
+
+    p = get_p(model)
+    net = getattr(model, "module", model)[-1]
+    return p is not None and math.isinf(p) and hasattr(net, "logit_bounds")
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
     noisy = f"  test noisy acc {m['test_noisy_acc']:.4f}" if "test_noisy_acc" in m else ""
+    if "test_cert_acc" in m:
+        noisy += f"  test certified acc {m['test_cert_acc']:.4f}"
+    if "p" in m:
+        noisy += f"  p {m['p']:.4g}"
     return (f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  train acc "
             f"{m['train_noisy_acc']:.4f}  test acc {m['test_acc']:.4f}{noisy}  lr {m['lr']:.3g}  "
             f"{m['seconds']:.1f} s ({m['images_per_s']:.0f} img/s)")
@@ -343,6 +423,9 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
     if changed:
         raise UserError(f"cannot --resume {out}: it was trained with different settings ("
                         + ", ".join(f"{k}={before[k]!r} not {wanted[k]!r}" for k in changed) + ")")
+    if config.lr_schedule == "cosine" and before["epochs"] != config.epochs:
+        log(f"note: {out} was started for {before['epochs']} epochs; its cosine learning rate now "
+            f"ends at epoch {config.epochs}, so the run differs from an uninterrupted one")
     state = ckpt.resume_state
     if not state:
         raise UserError(f"cannot --resume {out}: it has no optimizer state (a final export?)")

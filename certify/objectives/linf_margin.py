@@ -1,0 +1,163 @@
+"""Objectives of ℓ∞-distance nets: the v2 clipped hinge + scaled cross-entropy, the v1 hinge, and the
+v1 cross-entropy on interval-bound worst-case logits for the hybrid net (spec linf_dist.md §1.5, §2.2,
+§8c). All three share the per-minibatch p, λ and ε schedules (§8d), applied by :meth:`schedule`.
+
+Margins are in the network's normalized units: an ε in pixel units is ε/σ there, σ being the model's
+one input std. During training the worst case is taken from the Lipschitz bound (g ∓ ε/σ), which is
+only a true bound at p = ∞ (the reference's "certified (fake)").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from certify.errors import UserError
+from certify.linf_dist.certifier import input_std, split_model
+from certify.linf_dist.layers import set_p
+from certify.linf_dist.schedules import lambda_at, p_at, ramp
+
+
+class _LinfObjective:
+    """Schedules shared by the ℓ∞ objectives; subclasses define ``_loss(model, net, x, y, eps)``."""
+
+    steps_per_batch = 1
+    name = ""
+
+    def __init__(self, eps_train: float, eps_test: float, p_start: float = 8.0, p_end: float = 1000.0,
+                 p_start_epoch: float = 0.0, p_end_epoch: float = 0.0, eps_start_epoch: float = 0.0,
+                 eps_end_epoch: float = 0.0):
+        if not eps_train > 0 or not eps_test > 0:
+            raise UserError(f"--eps-train and --eps-test must be positive, got {eps_train}, {eps_test}")
+        if not 1 <= p_start <= p_end:
+            raise UserError(f"need 1 ≤ p_start ≤ p_end, got {p_start} and {p_end}")
+        self.eps_train, self.eps_test = float(eps_train), float(eps_test)
+        self.p_start, self.p_end = float(p_start), float(p_end)
+        self.p_start_epoch, self.p_end_epoch = float(p_start_epoch), float(p_end_epoch)
+        self.eps_start_epoch, self.eps_end_epoch = float(eps_start_epoch), float(eps_end_epoch)
+        self.p, self.eps, self.ratio = self.p_start, self.eps_train, 0.0
+
+    def schedule(self, model: nn.Module, step: int, steps_per_epoch: int) -> dict[str, float]:
+        """Set p on the model and this step's ε (and λ) before optimizer step ``step``."""
+        self.ratio = ramp(step, self.p_start_epoch, self.p_end_epoch, steps_per_epoch)
+        self.p = p_at(self.ratio, self.p_start, self.p_end)
+        self.eps = self.eps_train * ramp(step, self.eps_start_epoch, self.eps_end_epoch, steps_per_epoch)
+        set_p(model, self.p)
+        return {"p": self.p, "eps": self.eps}
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        net = split_model(model)[1]
+        return self._loss(model, net, x, y, self.eps / input_std(model))
+
+    def _loss(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
+              eps: float) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def certification(self) -> dict[str, Any]:
+        return {"kind": "linf_dist", "eps": self.eps_test}
+
+    def params(self) -> dict[str, Any]:
+        return {"eps_train": self.eps_train, "eps_test": self.eps_test, "p_start": self.p_start,
+                "p_end": self.p_end, "p_start_epoch": self.p_start_epoch,
+                "p_end_epoch": self.p_end_epoch, "eps_start_epoch": self.eps_start_epoch,
+                "eps_end_epoch": self.eps_end_epoch}
+
+
+def _shifted_margins(g: Tensor, y: Tensor, theta: float) -> Tensor:
+    """res_j = g_j − g_y + θ for j ≠ y and res_y = 0: positive where class j is within θ of y."""
+    res = g - g.gather(1, y[:, None]) + theta
+    return res.scatter(1, y[:, None], 0.0)
+
+
+def clipped_hinge(g: Tensor, y: Tensor, theta: float) -> Tensor:
+    """v2: mean_b clamp(1 − M/θ, 0, 1) with M = g_y − max_{j≠y} g_j (spec §2.2)."""
+    return (_shifted_margins(g, y, theta) / theta).amax(1).clamp(0.0, 1.0).mean()
+
+
+def multiclass_hinge(g: Tensor, y: Tensor, theta: float, mix: float = 0.75) -> Tensor:
+    """v1: mix·mean_b max_j [res_j]_+ + (1 − mix)·mean_{b,j} [res_j]_+ (the mean includes j = y)."""
+    res = _shifted_margins(g, y, theta).clamp_min(0.0)
+    return mix * res.amax(1).mean() + (1.0 - mix) * res.mean()
+
+
+class LinfMixture(_LinfObjective):
+    """v2 (Zhang et al. 2022): clipped hinge at θ = 2ε + λ(t)·CE(s·g, y), s the net's learnable scale."""
+
+    name = "linf_mixture"
+
+    def __init__(self, eps_train: float, eps_test: float, lambda_start: float = 0.05,
+                 lambda_end: float = 0.0002, **schedule: Any):
+        super().__init__(eps_train, eps_test, **schedule)
+        if not (lambda_start > 0 and lambda_end > 0):
+            raise UserError(f"λ must be positive, got {lambda_start} → {lambda_end}")
+        self.lambda_start, self.lambda_end = float(lambda_start), float(lambda_end)
+
+    def _loss(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
+              eps: float) -> tuple[Tensor, dict[str, float]]:
+        scale = getattr(net, "logit_scale", None)
+        if scale is None:
+            raise UserError("the v2 objective needs the learnable logit scale: build the net with "
+                            "--arch-opt scalar=1")
+        g = model(x)
+        weight = lambda_at(self.ratio, self.lambda_start, self.lambda_end)
+        hinge = clipped_hinge(g, y, 2 * eps)
+        ce = F.cross_entropy(scale * g, y)
+        return hinge + weight * ce, {"hinge": hinge.item(), "ce": ce.item(), "lambda": weight,
+                                     "correct": (g.argmax(1) == y).sum().item()}
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "lambda_start": self.lambda_start, "lambda_end": self.lambda_end}
+
+
+class LinfHinge(_LinfObjective):
+    """v1 (Zhang et al. 2021): the multi-class hinge at θ = 2ε on the pure net's logits."""
+
+    name = "linf_hinge"
+
+    def __init__(self, eps_train: float, eps_test: float, mix: float = 0.75, **schedule: Any):
+        super().__init__(eps_train, eps_test, **schedule)
+        if not 0 <= mix <= 1:
+            raise UserError(f"the hinge mix must be in [0, 1], got {mix}")
+        self.mix = float(mix)
+
+    def _loss(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
+              eps: float) -> tuple[Tensor, dict[str, float]]:
+        g = model(x)
+        loss = multiclass_hinge(g, y, 2 * eps, self.mix)
+        return loss, {"hinge": loss.item(), "correct": (g.argmax(1) == y).sum().item()}
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "mix": self.mix}
+
+
+class LinfHybridCE(_LinfObjective):
+    """v1 ℓ∞-dist Net+MLP: κ·CE(worst-case logits, y) + (1 − κ)·CE(clean logits, y); the worst case
+    bounds the features by their Lipschitz box (± ε) and propagates intervals through the head."""
+
+    name = "linf_hybrid_ce"
+
+    def __init__(self, eps_train: float, eps_test: float, kappa: float = 1.0, **schedule: Any):
+        super().__init__(eps_train, eps_test, **schedule)
+        if not 0 <= kappa <= 1:
+            raise UserError(f"κ must be in [0, 1], got {kappa}")
+        self.kappa = float(kappa)
+
+    def _loss(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
+              eps: float) -> tuple[Tensor, dict[str, float]]:
+        if not hasattr(net, "head"):
+            raise UserError("--objective linf_hybrid_ce trains the hybrid net: use --arch linf_dist_hybrid")
+        if model is not split_model(model) and hasattr(model, "module"):
+            raise UserError("--objective linf_hybrid_ce does not run under torchrun yet")
+        normalize = split_model(model)[0]
+        features = net.features(normalize(x))
+        logits = net.head(features)
+        worst = -net.head.margin_lower_bounds(features - eps, features + eps, y)  # res_j, res_y = 0
+        robust, clean = F.cross_entropy(worst, y), F.cross_entropy(logits, y)
+        loss = self.kappa * robust + (1.0 - self.kappa) * clean
+        return loss, {"robust_ce": robust.item(), "ce": clean.item(),
+                      "correct": (logits.argmax(1) == y).sum().item()}
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "kappa": self.kappa}

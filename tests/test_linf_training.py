@@ -1,0 +1,96 @@
+"""ℓ∞-dist nets through the pipeline: train (Adam, cosine lr, per-minibatch p schedule), resume
+exactly, certify with `certify run` (deterministic ℓ∞ radii, sidecar norm linf) and plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from certify.checkpoint import load_checkpoint
+from certify.linf_dist.certifier import lipschitz_radii
+from certify.linf_dist.layers import INF, set_p
+from certify.results import read_results
+from certify.training import TrainConfig, train
+from test_cli import cli
+
+
+def config(data_dir, **changes) -> TrainConfig:
+    base = dict(dataset="fashion-mnist", arch="linf_dist_net",
+                arch_kwargs={"depth": 3, "width": 16, "scalar": 1}, objective="linf_mixture",
+                objective_params={"eps_train": 0.1, "eps_test": 0.05, "p_start_epoch": 0,
+                                  "p_end_epoch": 1.5},
+                epochs=2, batch_size=8, lr=0.03, scalar_lr=0.006, optimizer="adam", adam_beta2=0.99,
+                adam_eps=1e-10, weight_decay=0.0, lr_schedule="cosine", augment="crop-edge",
+                data_dir=str(data_dir), seed=3)
+    return TrainConfig(**(base | changes))
+
+
+def quiet(_line):
+    pass
+
+
+def test_training_follows_the_schedules_and_resumes_exactly(fake_fmnist, tmp_path):
+    straight = train(config(fake_fmnist), tmp_path / "a.pt", progress=False, log=quiet)
+    history = straight.training["history"]
+    # 40 images at batch 8: 5 steps per epoch; p reaches ∞ at step 7.5, so epoch 2 ends at p = ∞
+    assert history[0]["p"] == 8 * 125 ** (4 / 7.5) and history[1]["p"] == INF
+    assert history[0]["lr"] == 0.03 and history[1]["lr"] == 0.03 * 0.5 * (1 + math.cos(math.pi / 2))
+    assert "test_cert_acc" in history[1] and "test_cert_acc" not in history[0]
+    assert straight.certification == {"kind": "linf_dist", "eps": 0.05}
+    assert straight.std == (0.3520,) and straight.mean == (0.2860,)  # the reference's statistics
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_in_epoch_2(line):
+        if line.startswith("epoch 2/"):
+            raise Interrupt  # before epoch 2's checkpoint is written, as a crash would
+
+    with pytest.raises(Interrupt):
+        train(config(fake_fmnist), tmp_path / "b.pt", progress=False, log=stop_in_epoch_2)
+    assert load_checkpoint(tmp_path / "b.pt").epoch == 1
+    torch.manual_seed(999)
+    resumed = train(config(fake_fmnist), tmp_path / "b.pt", resume=True, progress=False, log=quiet)
+    for key, value in straight.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), key
+    scale = straight.state_dict["1.logit_scale"]
+    assert scale.item() != 1.0  # the v2 scale s was trained (in its own lr group)
+
+
+def test_certify_run_and_plot_an_linf_checkpoint(fake_fmnist, tmp_path, capsys):
+    model_path = tmp_path / "m.pt"
+    assert cli("train", "--dataset", "fashion-mnist", "--arch", "linf_dist_net", "--arch-opt", "depth=3",
+               "--arch-opt", "width=16", "--objective", "linf_hinge", "--eps-train", "0.1",
+               "--eps-test", "0.05", "--p-end-epoch", "0.5", "--optimizer", "adam", "--lr", "0.02",
+               "--lr-schedule", "cosine", "--augment", "crop-zero", "--epochs", "1", "--batch", "8",
+               "--data-dir", fake_fmnist, "--out", model_path, "-q") == 0
+    out = tmp_path / "r.tsv"
+    assert cli("run", model_path, "--out", out, "--data-dir", fake_fmnist, "--batch", "5") == 0
+    printed = capsys.readouterr().out
+    assert "ℓ∞" in printed or "linf" in printed
+    sidecar = json.loads(out.with_name("r.tsv.json").read_text())
+    assert (sidecar["norm"], sidecar["certifier"], sidecar["bound"]) == ("linf", "linf_dist", "lipschitz")
+    rows = read_results(out)
+    assert len(rows.idx) == 12
+    # the rows are the certificate of the p = ∞ model, recomputed here in one batch
+    ckpt = load_checkpoint(model_path)
+    model = ckpt.build_model().eval()
+    set_p(model, INF)
+    from certify.data import load_dataset
+
+    data = load_dataset("fashion-mnist", "test", data_dir=fake_fmnist)
+    x = torch.stack([data[i][0] for i in range(12)])
+    logits = model(x)
+    assert rows.predict.tolist() == logits.argmax(1).tolist()
+    torch.testing.assert_close(torch.tensor(rows.radius, dtype=torch.float32),
+                               lipschitz_radii(model, logits), atol=1e-3, rtol=0)
+    interval = tmp_path / "i.tsv"
+    assert cli("run", model_path, "--out", interval, "--data-dir", fake_fmnist, "--bound", "interval",
+               "-q") == 0
+    assert (read_results(interval).radius >= read_results(out).radius - 1e-3).all()
+    png = tmp_path / "p.png"
+    assert cli("plot", out, interval, "--out", png) == 0
+    assert png.stat().st_size > 1000
