@@ -375,8 +375,8 @@ def test_objective_schedule_sets_p_eps_and_lambda_on_the_model():
                         depth=2, width=4)
     objective = make_objective("linf_hinge", eps_train=0.2, eps_test=0.1, p_start_epoch=1,
                                p_end_epoch=3, eps_start_epoch=0, eps_end_epoch=2)
-    assert objective.schedule(model, 0, 10) == {"p": 8.0, "eps": 0.0}
+    assert objective.schedule(model, 0, 10) == {"p": 8.0, "eps_train": 0.0}
     values = objective.schedule(model, 20, 10)
-    assert values["p"] == pytest.approx(8 * 125 ** 0.5) and values["eps"] == pytest.approx(0.2)
+    assert values["p"] == pytest.approx(8 * 125 ** 0.5) and values["eps_train"] == pytest.approx(0.2)
     assert get_p(model) == values["p"]
     assert objective.schedule(model, 30, 10)["p"] == INF and get_p(model) == INF

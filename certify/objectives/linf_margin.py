@@ -45,7 +45,7 @@ class _LinfObjective:
         self.p = p_at(self.ratio, self.p_start, self.p_end)
         self.eps = self.eps_train * ramp(step, self.eps_start_epoch, self.eps_end_epoch, steps_per_epoch)
         set_p(model, self.p)
-        return {"p": self.p, "eps": self.eps}
+        return {"p": self.p, "eps_train": self.eps}
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, dict[str, float]]:
         net = split_model(model)[1]
