@@ -43,6 +43,11 @@ RECIPE_KEYS: dict[str, tuple[str, str]] = {
     "eps_start_epoch": ("objective", "eps_start_epoch"), "eps_end_epoch": ("objective", "eps_end_epoch"),
     "lambda_start": ("objective", "lambda_start"), "lambda_end": ("objective", "lambda_end"),
     "hinge_mix": ("objective", "mix"), "kappa": ("objective", "kappa"),
+    "loss": ("objective", "loss"), "label_smoothing": ("objective", "label_smoothing"),
+    "alpha": ("objective", "alpha"), "logit_clip": ("objective", "logit_clip"),
+    "logit_clip_p": ("objective", "logit_clip_p"), "cals_margin": ("objective", "cals_margin"),
+    "label_noise": ("config", "label_noise"), "val_count": ("config", "val_count"),
+    "susceptibility": ("config", "susceptibility"),
 }
 # Options that only SmoothMix takes: click parameter -> SmoothMix argument.
 SMOOTHMIX_PARAMS = {"num_noise_vec": "num_noise_vec", "num_steps": "num_steps",
@@ -51,9 +56,13 @@ SMOOTHMIX_PARAMS = {"num_noise_vec": "num_noise_vec", "num_steps": "num_steps",
 # The ℓ∞-dist objectives' schedule options, shared by all three.
 LINF_PARAMS = {name: name for name in ("eps_train", "eps_test", "p_start", "p_end", "p_start_epoch",
                                        "p_end_epoch", "eps_start_epoch", "eps_end_epoch")}
+# The label-loss options of the objectives that end in "logits vs labels".
+LOSS_PARAMS = {name: name for name in ("loss", "label_smoothing", "alpha", "logit_clip", "logit_clip_p",
+                                       "cals_margin")}
 # Click parameter -> argument, for each objective's own options.
 OBJECTIVE_PARAMS: dict[str, dict[str, str]] = {
-    "gaussian": {"sigma": "sigma"},
+    "classify": LOSS_PARAMS,
+    "gaussian": {"sigma": "sigma", **LOSS_PARAMS},
     "smoothmix": {"sigma": "sigma", **SMOOTHMIX_PARAMS},
     "linf_mixture": {**LINF_PARAMS, "lambda_start": "lambda_start", "lambda_end": "lambda_end"},
     "linf_hinge": {**LINF_PARAMS, "hinge_mix": "mix"},
@@ -207,6 +216,27 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
               help="linf_hinge: weight of the max-over-classes hinge against the mean (default 0.75).")
 @click.option("--kappa", type=click.FloatRange(0, 1), default=None,
               help="linf_hybrid_ce: weight κ of the worst-case cross-entropy (default 1).")
+@click.option("--loss", type=click.Choice(["ce", "alpha", "cals"]), default=None,
+              help="classify/gaussian: the loss on the logits: cross-entropy (default), the α-loss "
+                   "(--alpha) or CALS (needs --val-count).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="classify/gaussian with --loss ce: label smoothing ε.")
+@click.option("--alpha", type=click.FloatRange(0, min_open=True), default=None,
+              help="--loss alpha: α (1 = CE, ½ exponential, inf = 1 − p_y; > 1 for noisy labels).")
+@click.option("--logit-clip", type=click.FloatRange(0, min_open=True), default=None,
+              help="LogitClip: clamp the logit vector's p-norm to τ before the loss (training only).")
+@click.option("--logit-clip-p", type=click.FloatRange(1), default=None,
+              help="LogitClip: the norm's p (default 2).")
+@click.option("--cals-margin", type=click.FloatRange(0, min_open=True), default=None,
+              help="CALS: the logit-distance margin m (default 10).")
+@click.option("--label-noise", default="none", show_default=True, metavar="none|KIND:RATE",
+              help="Corrupt the training labels, e.g. symmetric:0.4 (flip to another class) or "
+                   "asymmetric:0.4 (class pairs); the test labels stay clean.")
+@click.option("--val-count", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Hold out the last N training images as a validation split (CALS, susceptibility).")
+@click.option("--susceptibility", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Log the susceptibility ζ each epoch, on N held-out images with random labels "
+                   "(the paper: 128; 0: off).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
               help="SGD (smoothing references) or Adam (ℓ∞-dist references).")
 @click.option("--adam-beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True)
@@ -281,7 +311,8 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
         optimizer=values["optimizer"], adam_beta1=values["adam_beta1"],
         adam_beta2=values["adam_beta2"], adam_eps=values["adam_eps"], scalar_lr=values["scalar_lr"],
         lr_schedule=values["lr_schedule"], cosine_start=values["cosine_start"],
-        augment=values["augment"],
+        augment=values["augment"], label_noise=values["label_noise"], val_count=values["val_count"],
+        susceptibility=values["susceptibility"],
         momentum=values["momentum"], weight_decay=values["weight_decay"], lr_step_size=values["lr_step"],
         lr_gamma=values["gamma"], train_count=values["train_count"], eval_count=values["eval_count"],
         seed=values["seed"], workers=values["workers"], device=str(pick_device(device)),

@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from certify.errors import UserError
+from certify.objectives.classify import Classify
 from certify.objectives.gaussian import GaussianAugmentation
 from certify.objectives.linf_margin import LinfHinge, LinfHybridCE, LinfMixture
 from certify.objectives.smoothmix import SmoothMix
 
 __all__ = ["Objective", "register_objective", "make_objective", "available_objectives",
-           "GaussianAugmentation", "SmoothMix", "LinfMixture", "LinfHinge", "LinfHybridCE"]
+           "Classify", "GaussianAugmentation", "SmoothMix", "LinfMixture", "LinfHinge", "LinfHybridCE"]
 
 
 class Objective(Protocol):
@@ -58,6 +59,7 @@ def make_objective(name: str, **params: Any) -> Objective:
     return _REGISTRY[name](**params)
 
 
+register_objective("classify", Classify)
 register_objective("gaussian", GaussianAugmentation)
 register_objective("smoothmix", SmoothMix)
 register_objective("linf_mixture", LinfMixture)

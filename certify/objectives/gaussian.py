@@ -1,14 +1,18 @@
-"""Gaussian data augmentation (Cohen et al. 2019): cross-entropy on x + N(0, σ²I)."""
+"""Gaussian data augmentation (Cohen et al. 2019): cross-entropy on x + N(0, σ²I).
+
+The loss on the noisy logits is a :class:`LabelLoss`, so noisy-label and calibration losses
+(α-loss, CALS, LogitClip, label smoothing) compose with certified training.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from certify.errors import UserError
+from certify.objectives.label_loss import LabelLoss
 
 
 class GaussianAugmentation:
@@ -21,19 +25,29 @@ class GaussianAugmentation:
     name = "gaussian"
     steps_per_batch = 1
 
-    def __init__(self, sigma: float = 0.25):
+    def __init__(self, sigma: float = 0.25, **loss_options: Any):
         if not sigma > 0:
             raise UserError(f"--sigma must be positive for Gaussian augmentation, got {sigma}")
         self.sigma = float(sigma)
+        self.label_loss = LabelLoss(**loss_options)  # cross-entropy unless told otherwise
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(x + torch.randn_like(x) * self.sigma)
-        loss = F.cross_entropy(logits, y)
+        loss = self.label_loss(logits, y)
         return loss, {"ce": loss.item(), "correct": (logits.argmax(1) == y).sum().item()}
+
+    def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
+        self.label_loss.after_epoch(model, validation, epoch, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.label_loss.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.label_loss.load_state_dict(state)
 
     def certification(self) -> dict[str, Any]:
         return {"kind": "smoothing", "sigma": self.sigma}
 
     def params(self) -> dict[str, Any]:
-        return {"sigma": self.sigma}
+        return {"sigma": self.sigma, **self.label_loss.params()}

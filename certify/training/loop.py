@@ -34,6 +34,8 @@ from certify.linf_dist.schedules import cosine_factor
 from certify.objectives import make_objective
 from certify.training import distributed
 from certify.training.distributed import DistInfo
+from certify.training.susceptibility import Susceptibility
+from certify.training.views import memorization, prepare_training_data
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir", "channels_last")
@@ -67,6 +69,9 @@ class TrainConfig:
     lr_schedule: str = "step"  # "cosine": per minibatch to 0 at the end, after cosine_start epochs
     cosine_start: int = 0  # epochs at the initial lr before the cosine starts (v1's e1; v2: 0)
     augment: str = "dataset"  # its standard one; "none"; the ℓ∞-dist v1 "crop-zero" or v2 "crop-edge"
+    label_noise: str = "none"  # "symmetric:0.4", "asymmetric:0.4": corrupt the training labels
+    val_count: int = 0  # hold out the last N training images (CALS, susceptibility)
+    susceptibility: int = 0  # measure ζ each epoch on this many held-out images with random labels
     train_count: int | None = None  # train on the first N training images only (short budgets)
     eval_count: int | None = None  # evaluate on the first N test images (None: all)
     seed: int = 0
@@ -91,6 +96,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
+        if self.val_count < 0 or self.susceptibility < 0:
+            raise UserError("--val-count and --susceptibility must be ≥ 0")
         if not 0 <= self.cosine_start < self.epochs:
             raise UserError(f"--cosine-start must be in [0, epochs), got {self.cosine_start}")
 
@@ -144,15 +151,20 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
     if config.augment.startswith("crop-"):
         train_set.transform = crop_augmentation(info, edge=config.augment == "crop-edge")
     test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
-    train_set = _first(train_set, config.train_count)
+    data = prepare_training_data(train_set, info.name, info.num_classes, config.label_noise,
+                                 config.val_count, config.train_count, config.seed)
+    train_set = data.train
     test_set = _first(test_set, config.eval_count)
+    probe = Susceptibility(data.validation if data.validation is not None else test_set,
+                           config.susceptibility, info.num_classes, config.seed, device)
     sampler = distributed.train_sampler(train_set, dist_info, config.seed) if dist_info.enabled else None
     steps_per_epoch = len(_loader(train_set, config, 0, sampler))
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
     start_epoch, history = 0, []
     if resume and out.exists():
-        start_epoch, history = _restore(out, config, model, optimizer, scheduler, dist_info, device, log)
+        start_epoch, history = _restore(out, config, model, optimizer, scheduler, objective, dist_info,
+                                        device, log)
         log(f"resuming {out} after epoch {start_epoch}")
     if log_path is not None and start_epoch < config.epochs:
         _prepare_log(log_path, out, start_epoch, write=dist_info.is_main)
@@ -167,6 +179,7 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
+        zeta = probe.measure(plain, optimizer, epoch, history)
         sums, scheduled = _train_epoch(model, objective, _loader(train_set, config, epoch, sampler), optimizer,
                             scheduler, epoch, device, config, f"epoch {epoch + 1}/{config.epochs}",
                             progress)
@@ -175,11 +188,14 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
         seconds = time.perf_counter() - t0
         sums = distributed.sum_across_ranks(sums)
         distributed.broadcast_buffers(model)  # every replica now equals what rank 0 checkpoints
+        if hasattr(objective, "after_epoch"):  # e.g. CALS's multipliers, from the validation split
+            objective.after_epoch(plain, data.validation, epoch, device)
         metrics = None
         if dist_info.is_main:
             t1 = time.perf_counter()
             test = evaluate(plain, test_set, objective.certification(), device, config.seed)
-            metrics = {"epoch": epoch + 1, "lr": lr, **scheduled, **_averages(sums),
+            test |= memorization(plain, data, device)
+            metrics = {"epoch": epoch + 1, "lr": lr, **scheduled, **zeta, **_averages(sums),
                        "seconds": round(seconds, 2),
                        "images_per_s": round(sums["images"] / seconds, 1), **test,
                        "eval_seconds": round(time.perf_counter() - t1, 2)}
@@ -193,9 +209,10 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
             std=std, certification=objective.certification(),
             state_dict={k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()},
             training={"config": dataclasses.asdict(config), "history": history,
-                      "world_size": dist_info.world_size},
+                      "world_size": dist_info.world_size, "label_noise": data.noise},
             command=command, metrics=metrics, epoch=epoch + 1,
             resume_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "objective": _objective_state(objective),
                           "torch_rng": rng[0]["cpu"], "rng_ranks": rng})
         if dist_info.is_main:
             log(_epoch_line(metrics, config.epochs))
@@ -231,6 +248,11 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(
             it, config.epochs, steps_per_epoch, config.cosine_start))
     return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
+
+
+def _objective_state(objective: Any) -> dict[str, Any]:
+    state = getattr(objective, "state_dict", None)
+    return state() if state is not None else {}
 
 
 def _first(dataset: Any, count: int | None) -> Any:
@@ -412,7 +434,7 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any, dist_info: DistInfo, device: torch.device,
+             scheduler: Any, objective: Any, dist_info: DistInfo, device: torch.device,
              log: Callable[[str], Any]) -> tuple[int, list[dict[str, Any]]]:
     ckpt = load_checkpoint(out)
     stored = ckpt.training.get("config", {})
@@ -432,6 +454,8 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if hasattr(objective, "load_state_dict"):
+        objective.load_state_dict(state.get("objective", {}))
     ranks = state.get("rng_ranks") or [{"cpu": state["torch_rng"]}]
     if len(ranks) != dist_info.world_size:
         log(f"note: {out} was written by {len(ranks)} process(es) and this run has "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -152,3 +153,27 @@ def select_region1(zetas: Sequence[float], train_accs: Sequence[float]) -> list[
     regions = susceptibility_regions(zetas, train_accs)
     chosen = [i for i, reg in enumerate(regions) if reg == 1]
     return sorted(chosen, key=lambda i: -float(train_accs[i]))
+
+
+class Susceptibility:
+    """The trainer's per-epoch probe: r_t on a fixed batch of ``count`` held-out images with fixed
+    uniformly random labels, and the running ζ(t) of the r's so far (from epoch 1 on)."""
+
+    def __init__(self, dataset: Any, count: int, num_classes: int, seed: int, device: torch.device):
+        self.count, self.num_classes, self.seed = count, num_classes, seed
+        self.inputs = None
+        if count:
+            take = min(count, len(dataset))
+            self.inputs = torch.stack([dataset[i][0] for i in range(take)]).to(device)
+
+    def measure(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                history: Sequence[dict[str, Any]]) -> dict[str, float]:
+        if self.inputs is None:
+            return {}
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 99991)
+        r = random_label_step(model, optimizer, self.inputs, self.num_classes, generator)
+        drops = [h["susceptibility_r"] for h in history[:epoch] if "susceptibility_r" in h] + [r]
+        record = {"susceptibility_r": round(r, 6)}
+        if len(drops) > 1:
+            record["zeta"] = round(susceptibility(drops), 6)
+        return record

@@ -1,0 +1,42 @@
+"""Plain supervised training on clean inputs with a :class:`LabelLoss` (no certificate): the
+baseline and the noisy-label / calibration methods on their own (spec imbalance_noise.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from certify.objectives.label_loss import LabelLoss
+
+
+class Classify:
+    """Cross-entropy (or α-loss, CALS, label smoothing, LogitClip) on the clean training images."""
+
+    name = "classify"
+    steps_per_batch = 1
+
+    def __init__(self, **loss_options: Any):
+        self.label_loss = LabelLoss(**loss_options)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(x)
+        loss = self.label_loss(logits, y)
+        return loss, {"correct": (logits.argmax(1) == y).sum().item()}
+
+    def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
+        self.label_loss.after_epoch(model, validation, epoch, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.label_loss.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.label_loss.load_state_dict(state)
+
+    def certification(self) -> dict[str, Any]:
+        return {"kind": "none"}
+
+    def params(self) -> dict[str, Any]:
+        return self.label_loss.params()
