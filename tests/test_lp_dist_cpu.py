@@ -1,0 +1,219 @@
+"""The compiled CPU backend of lp_dist (certify.linf_dist.cpu_kernels) against the plain-PyTorch
+reference: values, gradients, spec vectors (linf_dist.md §8a), large-p stability, no recompilation
+when p or the batch size change, no B×CO×CI allocation, and the eager fallback.
+
+Compiling the variants dominates the runtime (a few seconds each per dtype, once per process;
+inductor's on-disk cache makes later runs faster). Shapes stay ≥ 2 in every dimension: a size of 1
+would compile extra specialized kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from certify.linf_dist import cpu_kernels, eager
+from certify.linf_dist.ops import lp_dist
+from certify.linf_dist.reference import lp_dist_reference
+
+INF = math.inf
+P_VALUES = [1.0, 2.0, 8.0, 3.7, 8.5, 50.0, 1000.0, INF]
+
+needs_compiler = pytest.mark.skipif(not cpu_kernels.available(torch.zeros(1)),
+                                    reason="torch.compile (inductor) does not work on this machine")
+
+
+def compiled(x, w, p):
+    return lp_dist(x, w, p, backend="compiled")
+
+
+def reference_with_grads(x, w, p, grad_y):
+    """Reference value and gradients, computed in float64 whatever the input dtype."""
+    xr = x.detach().double().requires_grad_()
+    wr = w.detach().double().requires_grad_()
+    y = lp_dist_reference(xr, wr, p)
+    y.backward(grad_y.double())
+    return y.detach(), xr.grad, wr.grad
+
+
+def ours_with_grads(x, w, p, grad_y):
+    xo = x.detach().clone().requires_grad_()
+    wo = w.detach().clone().requires_grad_()
+    y = compiled(xo, wo, p)
+    y.backward(grad_y)
+    return y.detach(), xo.grad, wo.grad
+
+
+def close(actual, expected, rtol, scale_atol):
+    """|actual − expected| ≤ rtol·|expected| + scale_atol·max|expected|, in float64."""
+    actual, expected = actual.double(), expected.double()
+    bound = rtol * expected.abs() + scale_atol * expected.abs().max().clamp_min(1e-30)
+    return bool(((actual - expected).abs() <= bound).all()), (actual - expected).abs().max().item()
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("p", P_VALUES, ids=[str(p) for p in P_VALUES])
+def test_values_and_gradients_match_reference(p, dtype):
+    gen = torch.Generator().manual_seed(int(p) if p < INF else 7)
+    for b, ci, co in [(7, 13, 5), (3, 37, 11)]:  # ragged: vector tails, padding of the splits
+        x = torch.randn(b, ci, generator=gen, dtype=torch.float64).to(dtype)
+        w = torch.randn(co, ci, generator=gen, dtype=torch.float64).to(dtype)
+        grad_y = torch.randn(b, co, generator=gen, dtype=torch.float64).to(dtype)
+        y, gx, gw = ours_with_grads(x, w, p, grad_y)
+        y_ref, gx_ref, gw_ref = reference_with_grads(x, w, p, grad_y)
+        assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == dtype
+        if dtype == torch.float64:
+            value_tol, grad_tol = (1e-12, 1e-12), (1e-10, 1e-10)
+        else:
+            # float32: the saved y is rounded, and |q|^(p−1) amplifies that by p − 1.
+            value_tol, grad_tol = (2e-6, 1e-6), (1e-5, 2e-6 + 3e-7 * (p if p < INF else 0))
+        for name, got, want, tol in [("y", y, y_ref, value_tol), ("grad_x", gx, gx_ref, grad_tol),
+                                     ("grad_w", gw, gw_ref, grad_tol)]:
+            ok, err = close(got, want, *tol)
+            assert ok, f"{name} at p={p}, {dtype}, shape {(b, ci, co)}: max error {err:.3g}"
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_spec_vectors(dtype):
+    # x = (1, 2), w = 0 (linf_dist.md §8a). Two identical rows and a second weight row keep every
+    # size ≥ 2; grad_y selects y[:, 0].
+    x = torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=dtype)
+    w = torch.tensor([[0.0, 0.0], [5.0, 5.0]], dtype=dtype)
+    grad_y = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=dtype)
+    expected = {2.0: (math.sqrt(5.0), (0.4472136, 0.8944272)),
+                8.0: (257.0 ** 0.125, (1 / 257.0 ** 0.875, 2.0 ** 7 / 257.0 ** 0.875)),
+                INF: (2.0, (0.0, 1.0))}
+    for p, (value, grad) in expected.items():
+        y, gx, _ = ours_with_grads(x, w, p, grad_y)
+        assert torch.allclose(y[:, 0], torch.tensor([value, value], dtype=dtype), rtol=1e-6), p
+        assert torch.allclose(gx, torch.tensor([grad, grad], dtype=dtype), rtol=1e-6, atol=1e-7), p
+    assert abs(257.0 ** 0.125 - 2.0010) < 5e-5  # the value the spec quotes
+
+
+@needs_compiler
+def test_inf_ties_take_the_first_index():
+    x = torch.tensor([[2.0, -2.0], [-2.0, 2.0]])
+    w = torch.zeros(3, 2)
+    y, index = cpu_kernels.forward_inf(x, w, True)
+    assert torch.equal(y, torch.full((2, 3), 2.0))
+    assert index.dtype == torch.int64
+    assert torch.equal(index, torch.tensor([[0, 0, 0], [-1, -1, -1]]))  # i = 0, sign folded in
+    xg = x.clone().requires_grad_()
+    compiled(xg, w, INF).sum().backward()
+    assert torch.equal(xg.grad, torch.tensor([[3.0, 0.0], [-3.0, 0.0]]))
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_large_p_is_finite_and_scale_equivariant(dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = (1e3 + 50 * torch.randn(6, 40, generator=gen, dtype=torch.float64)).to(dtype)
+    w = (50 * torch.randn(4, 40, generator=gen, dtype=torch.float64)).to(dtype)
+    y = cpu_kernels.forward(x, w, 1000.0)
+    assert torch.isfinite(y).all() and (y > 900).all()
+    assert torch.allclose(y.double(), lp_dist_reference(x.double(), w.double(), 1000.0), rtol=1e-6)
+    for c in (1e-3, 7.0, 1e3):
+        scaled = cpu_kernels.forward(c * x, c * w, 1000.0)
+        assert torch.allclose(scaled, c * y, rtol=1e-6 if dtype == torch.float32 else 1e-13), c
+
+
+@needs_compiler
+@pytest.mark.parametrize("p", [2.0, 3.7, 8.0, 50.0, INF], ids=str)
+def test_gradcheck_through_ops(p):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: compiled(a, b, p), (x, w), eps=1e-6, atol=1e-7)
+
+
+def _call_everything(b: int, ci: int, co: int, ps: list[float], dtype=torch.float32) -> None:
+    x = torch.randn(b, ci, dtype=dtype, requires_grad=True)
+    w = torch.randn(co, ci, dtype=dtype, requires_grad=True)
+    for p in ps:
+        compiled(x, w, p).sum().backward()
+        with torch.no_grad():
+            compiled(x, w, p)
+
+
+@needs_compiler
+def test_changing_p_and_batch_size_does_not_recompile():
+    from torch._dynamo.utils import counters
+
+    _call_everything(16, 24, 12, [8.0, 9.0, 20.0, INF])  # warm-up: every float32 variant
+    before = counters["stats"]["unique_graphs"]
+    schedule = [8.0 * 125.0 ** r for r in (0.0, 0.01, 0.02, 0.3, 0.6, 0.99)] + [INF]
+    for b in (5, 64, 16, 33):
+        _call_everything(b, 24, 12, schedule)
+    _call_everything(9, 40, 30, [8.0, 13.0, INF])  # another layer's CI and CO
+    assert counters["stats"]["unique_graphs"] == before
+
+
+@needs_compiler
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc")
+def test_no_b_co_ci_tensor_is_allocated():
+    b, ci, co = 256, 1024, 1024  # B×CO×CI float32 would be 1 GiB
+    x = torch.randn(b, ci, requires_grad=True)
+    w = torch.randn(co, ci, requires_grad=True)
+    _call_everything(8, 16, 12, [8.0, 20.0, INF])  # compile outside the measurement
+
+    def current_rss_kib() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+    start = current_rss_kib()
+    for p in (8.0, 20.0, INF):
+        compiled(x, w, p).sum().backward()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start
+    assert grown < 256 * 1024, f"peak memory grew by {grown / 1024:.0f} MiB"
+
+
+def test_eager_fallback_when_compilation_is_unavailable(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(cpu_kernels, "_probe_ok", None)
+    monkeypatch.setattr(cpu_kernels, "_warned", set())
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    x = torch.randn(4, 6)
+    with pytest.warns(RuntimeWarning, match="eager"):
+        assert cpu_kernels.available(x) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        assert cpu_kernels.available(x) is False
+
+    calls = []
+    real_forward = eager.forward
+    monkeypatch.setattr(eager, "forward", lambda *a: calls.append("eager") or real_forward(*a))
+    w = torch.randn(5, 6)
+    assert torch.allclose(compiled(x, w, 8.0), lp_dist_reference(x, w, 8.0), rtol=1e-5)
+    assert calls == ["eager"]
+
+
+@needs_compiler
+def test_a_failing_variant_falls_back_to_eager(monkeypatch):
+    variant = cpu_kernels._VARIANTS["forward_general"]
+
+    def broken(*args):
+        raise RuntimeError("inductor failure")
+
+    monkeypatch.setattr(variant, "compiled", broken)
+    monkeypatch.setattr(variant, "ready", set())
+    monkeypatch.setattr(variant, "failed", False)
+    monkeypatch.setattr(cpu_kernels, "_warned", set())
+    x, w = torch.randn(4, 6), torch.randn(5, 6)
+    with pytest.warns(RuntimeWarning, match="forward_general"):
+        y = cpu_kernels.forward(x, w, 3.0)
+    assert torch.allclose(y, lp_dist_reference(x, w, 3.0), rtol=1e-5)
+    assert variant.failed
+
+
+def test_available_is_false_off_the_cpu():
+    assert not cpu_kernels.available(torch.zeros(2, device="meta"))
+    assert not cpu_kernels.available(torch.zeros(2, dtype=torch.float16))
