@@ -55,6 +55,10 @@ def register_certifier(kind: str, factory: CertifierFactory) -> None:
 
 def make_certifier(ckpt: Checkpoint, model: nn.Module, options: CertifyOptions) -> Certifier:
     kind = ckpt.certification.get("kind")
+    if kind == "none":
+        raise UserError(f"{ckpt.path} was trained without a certificate (objective "
+                        f"{ckpt.training.get('config', {}).get('objective', '?')}): "
+                        f"'certify eval' reports its accuracy and calibration")
     if kind not in _FACTORIES:
         raise UserError(f"{ckpt.path}: no certifier for kind {kind!r}; known kinds: "
                         f"{', '.join(sorted(_FACTORIES))}")

@@ -109,7 +109,16 @@ def test_cli_flags(fake_fmnist, tmp_path, capsys):
     assert ckpt.training["config"]["objective_params"] == {"sigma": 0.25, "loss": "alpha", "alpha": 2.0,
                                                            "logit_clip": 2.0}
     assert ckpt.training["label_noise"]["kind"] == "asymmetric"
+    plain = tmp_path / "plain.pt"
+    assert cli("train", "--objective", "classify", "--arch", "small_cnn", "--arch-opt", "width=4",
+               "--arch-opt", "hidden=8", "--epochs", "1", "--batch", "8", "--data-dir", fake_fmnist,
+               "--out", plain, "-q") == 0
     capsys.readouterr()
+    assert cli("run", plain, "--out", tmp_path / "r.tsv", "--data-dir", fake_fmnist) == 2
+    assert "trained without a certificate (objective classify)" in capsys.readouterr().err
+    assert cli("eval", plain, "--data-dir", fake_fmnist, "--json", tmp_path / "e.json") == 0
+    assert "average-2 sets" in capsys.readouterr().out
+    assert (tmp_path / "e.json").exists()
     assert cli("train", "--objective", "linf_hinge", "--eps-train", "0.1", "--eps-test", "0.1",
                "--loss", "alpha", "--out", tmp_path / "x.pt") == 2
     assert "--loss does not apply to --objective linf_hinge" in capsys.readouterr().err
