@@ -226,14 +226,12 @@ def test_net_bounds_contain_the_outputs_of_sampled_inputs():
         normalize, net = split_model(model)
         x = torch.rand(4, *model_input_shape)
         y = model(x).argmax(1)
-        eps = torch.full((4,), 0.03)
         lower, upper = (x - 0.03).clamp(0, 1), (x + 0.03).clamp(0, 1)
         bound = net.margin_lower_bounds(normalize(lower), normalize(upper), y)
         samples = lower + torch.rand(300, *x.shape) * (upper - lower)
         for s in samples:
             g = model(s)
             assert (g.gather(1, y[:, None]) - g >= bound - 1e-5).all(), arch
-        del eps
 
 
 def test_interval_radius_is_at_least_the_lipschitz_radius():

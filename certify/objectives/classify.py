@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.objectives.label_loss import LabelLoss
+from certify.objectives.label_loss import LabelLoss, WithLabelLoss
 
 
-class Classify:
+class Classify(WithLabelLoss):
     """Cross-entropy (or α-loss, CALS, label smoothing, LogitClip) on the clean training images."""
 
     name = "classify"
@@ -25,15 +25,6 @@ class Classify:
         logits = model(x)
         loss = self.label_loss(logits, y)
         return loss, {"correct": (logits.argmax(1) == y).sum().item()}
-
-    def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
-        self.label_loss.after_epoch(model, validation, epoch, device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.label_loss.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.label_loss.load_state_dict(state)
 
     def certification(self) -> dict[str, Any]:
         return {"kind": "none"}

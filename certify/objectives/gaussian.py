@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from certify.errors import UserError
-from certify.objectives.label_loss import LabelLoss
+from certify.objectives.label_loss import LabelLoss, WithLabelLoss
 
 
-class GaussianAugmentation:
+class GaussianAugmentation(WithLabelLoss):
     """Train the base classifier on noisy inputs, with the noise its smoothed version will see.
 
     As in the reference, the noise is added in pixel space (normalization is inside the model) and
@@ -36,15 +36,6 @@ class GaussianAugmentation:
         logits = model(x + torch.randn_like(x) * self.sigma)
         loss = self.label_loss(logits, y)
         return loss, {"ce": loss.item(), "correct": (logits.argmax(1) == y).sum().item()}
-
-    def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
-        self.label_loss.after_epoch(model, validation, epoch, device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.label_loss.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.label_loss.load_state_dict(state)
 
     def certification(self) -> dict[str, Any]:
         return {"kind": "smoothing", "sigma": self.sigma}

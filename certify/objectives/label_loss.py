@@ -97,3 +97,19 @@ class LabelLoss:
         if self.logit_clip is not None:
             params |= {"logit_clip": self.logit_clip, "logit_clip_p": self.logit_clip_p}
         return params
+
+
+class WithLabelLoss:
+    """Mixin for objectives that hold a ``self.label_loss``: the trainer's per-epoch hook and the
+    resume state go to it (CALS's multipliers; nothing for the other losses)."""
+
+    label_loss: LabelLoss
+
+    def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
+        self.label_loss.after_epoch(model, validation, epoch, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.label_loss.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.label_loss.load_state_dict(state)
