@@ -6,19 +6,29 @@ against average-k with the same average size (spec imbalance_noise.md §3, §13)
 held-out data for its threshold: the split's even-indexed images calibrate it and every metric
 of the sets is measured on the odd-indexed ones. Smoothing models are evaluated as their base
 classifier on clean inputs; ℓ∞-dist nets at p = ∞.
+
+Long-tailed training (spec §13): when the checkpoint records its training images per class, the
+classes are split into many-, medium- and few-shot groups by that *training* count, OLTR's
+convention (> 100 / 20–100 / < 20 images on CIFAR-100-LT, n_max = 500), not Prior-LT's class-index
+thirds. By default the thresholds scale with the dataset: many = n_max/5, few = n_max/25. A
+certification TSV of ``certify run`` adds certified accuracy per class and per group.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from certify.calibration import classwise_ece, expected_calibration_error
+from certify.errors import UserError
+from certify.results import Results
 from certify.set_prediction import (average_k_threshold, average_k_tie_fraction, average_k_sets,
                                     mean_set_size, set_error, top_k_sets)
 
@@ -50,8 +60,104 @@ def per_class_accuracy(pred: Predictions) -> list[float]:
             for c in range(pred.probs.shape[1])]
 
 
-def report(pred: Predictions, k: int = 2, seed: int = 0) -> dict[str, Any]:
-    """Every metric of the module docstring, as plain numbers."""
+SHOTS = ("many", "medium", "few")
+
+
+
+def _number(x: float) -> int | float:
+    """A threshold as JSON shows it best: 1200, not 1200.0."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _check_counts(class_counts: Sequence[int]) -> list[int]:
+    counts = [int(c) for c in class_counts]
+    if not counts:
+        raise UserError("training class counts are empty")
+    if any(c < 0 for c in counts) or any(int(c) != c for c in class_counts):
+        raise UserError(f"training class counts must be non-negative whole numbers, got {list(class_counts)}")
+    return counts
+
+
+def shot_groups(class_counts: Sequence[int], many: float | None = None,
+                few: float | None = None) -> dict[str, Any]:
+    """Many-, medium- and few-shot classes by *training* image count (spec §13, OLTR).
+
+    many-shot: count > ``many``; medium: ``few`` ≤ count ≤ ``many``; few-shot: count < ``few``.
+    A threshold left out scales OLTR's (100, 20) at CIFAR-100-LT's n_max = 500 to this dataset:
+    many = n_max/5, few = n_max/25, n_max = max(class_counts). Returns
+    ``{"thresholds": {"many": m, "few": f}, "default": {"many": bool, "few": bool},
+    "classes": {"many": [...], "medium": [...], "few": [...]}}`` with class indices ascending.
+    """
+    counts = _check_counts(class_counts)
+    n_max = max(counts)
+    defaulted = {"many": many is None, "few": few is None}
+    many = n_max / 5 if many is None else float(many)
+    few = n_max / 25 if few is None else float(few)
+    for name, value in (("many", many), ("few", few)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"the {name}-shot threshold must be a non-negative number, got {value}")
+    if few > many:
+        raise UserError(f"the few-shot threshold ({_number(few)}) must not exceed the many-shot "
+                        f"threshold ({_number(many)})")
+    classes: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
+    for c, n in enumerate(counts):
+        classes["many" if n > many else "few" if n < few else "medium"].append(c)
+    return {"thresholds": {"many": _number(many), "few": _number(few)}, "default": defaulted,
+            "classes": classes}
+
+
+def shot_label(groups: Mapping[str, Any], shot: str) -> str:
+    """The group's rule as text: ">1200", "240-1200", "<240" (training images per class)."""
+    m, f = groups["thresholds"]["many"], groups["thresholds"]["few"]
+    return {"many": f">{m:g}", "medium": f"{f:g}-{m:g}", "few": f"<{f:g}"}[shot]
+
+
+def shot_thresholds(groups: Mapping[str, Any]) -> dict[str, Any]:
+    """The thresholds of :func:`shot_groups` with where they came from, for reports."""
+    m, f = groups["thresholds"]["many"], groups["thresholds"]["few"]
+    d = groups["default"]
+    source = ("n_max/5 and n_max/25 (OLTR's 100/20 at CIFAR-100-LT's n_max = 500)"
+              if d["many"] and d["few"] else
+              "as given" if not (d["many"] or d["few"]) else
+              f"{'few' if d['many'] else 'many'} as given, "
+              f"{'many = n_max/5' if d['many'] else 'few = n_max/25'}")
+    return {"many": m, "few": f, "default": dict(d), "source": source,
+            "rule": f"training images per class: many-shot > {m:g}, medium {f:g}-{m:g} inclusive, "
+                    f"few-shot < {f:g} (OLTR convention, not Prior-LT's class-index thirds)"}
+
+
+def _group_classes(groups: Mapping[str, Any]) -> Mapping[str, Sequence[int]]:
+    return groups["classes"] if "classes" in groups else groups
+
+
+def shot_accuracy(per_class_values: Sequence[float], groups: Mapping[str, Any]) -> dict[str, float]:
+    """Mean of ``per_class_values`` over each group's classes, skipping nan classes (no test
+    examples); nan for a group with no (non-nan) class. ``groups``: what :func:`shot_groups`
+    returns, or a plain ``{"many": [...], "medium": [...], "few": [...]}``."""
+    classes = _group_classes(groups)
+    values = [float(v) for v in per_class_values]
+    out = {}
+    for shot in SHOTS:
+        present = [values[c] for c in classes.get(shot, []) if not math.isnan(values[c])]
+        out[shot] = sum(present) / len(present) if present else math.nan
+    return out
+
+
+def _shots_section(per_class: Sequence[float], groups: Mapping[str, Any]) -> dict[str, Any]:
+    acc = shot_accuracy(per_class, groups)
+    return {shot: {"threshold": shot_label(groups, shot), "classes": list(groups["classes"][shot]),
+                   "accuracy": acc[shot]} for shot in SHOTS}
+
+
+def report(pred: Predictions, k: int = 2, seed: int = 0, class_counts: Sequence[int] | None = None,
+           many: float | None = None, few: float | None = None) -> dict[str, Any]:
+    """Every metric of the module docstring, as plain numbers.
+
+    With ``class_counts`` (training images per class) the result also has ``"class_counts"``,
+    ``"shot_thresholds"`` (``{"many": m, "few": f, "default": bool, "rule": text}``) and
+    ``"shots"``: ``{"many": {"threshold": ">m", "classes": [...], "accuracy": x}, "medium": ...,
+    "few": ...}``; see :func:`shot_groups` for ``many``/``few``.
+    """
     per_class = per_class_accuracy(pred)
     present = [a for a in per_class if not math.isnan(a)]
     calibrate, held = slice(0, None, 2), slice(1, None, 2)
@@ -60,7 +166,7 @@ def report(pred: Predictions, k: int = 2, seed: int = 0) -> dict[str, Any]:
     probs, labels = pred.probs[held], pred.labels[held]
     avg_sets = average_k_sets(probs, threshold, tie, generator=torch.Generator().manual_seed(seed))
     top_sets = top_k_sets(probs, k)
-    return {
+    metrics = {
         "examples": len(pred.labels),
         "accuracy": (pred.probs.argmax(1) == pred.labels).float().mean().item(),
         "balanced_accuracy": sum(present) / len(present),
@@ -72,6 +178,15 @@ def report(pred: Predictions, k: int = 2, seed: int = 0) -> dict[str, Any]:
         "average_k": {"threshold": threshold, "set_size": mean_set_size(avg_sets),
                       "set_error": set_error(avg_sets, labels)},
     }
+    if class_counts is not None:
+        counts = _check_counts(class_counts)
+        if len(counts) != len(per_class):
+            raise UserError(f"{len(counts)} training class counts for a {len(per_class)}-class model")
+        groups = shot_groups(counts, many, few)
+        metrics["class_counts"] = counts
+        metrics["shot_thresholds"] = shot_thresholds(groups)
+        metrics["shots"] = _shots_section(per_class, groups)
+    return metrics
 
 
 def format_report(metrics: dict[str, Any], classes: tuple[str, ...] | None = None) -> str:
@@ -88,9 +203,152 @@ def format_report(metrics: dict[str, Any], classes: tuple[str, ...] | None = Non
         f"average-{k} sets    size {metrics['average_k']['set_size']:.3f}  error "
         f"{metrics['average_k']['set_error']:.4f}   (threshold {metrics['average_k']['threshold']:.4g} "
         f"from the even-indexed half)",
-        "per-class accuracy",
     ]
+    counts = metrics.get("class_counts")
+    if metrics.get("shots") is not None:
+        lines += format_shot_lines(metrics["shot_thresholds"], metrics["shots"])
+    lines.append("per-class accuracy" + ("   (training images)" if counts else ""))
     for c, acc in enumerate(metrics["per_class_accuracy"]):
-        name = classes[c] if classes and c < len(classes) else str(c)
-        lines.append(f"  {name:<16} {acc:.4f}")
+        name = class_name(c, classes)
+        train = f"   {counts[c]:>7}" if counts and c < len(counts) else ""
+        lines.append(f"  {name:<16} {acc:.4f}{train}")
     return "\n".join(lines)
+
+
+def class_name(c: int, classes: Sequence[str] | None) -> str:
+    return classes[c] if classes and c < len(classes) else str(c)
+
+
+def _fmt(x: float, spec: str = ".4f") -> str:
+    return "   n/a" if math.isnan(x) else f"{x:{spec}}"
+
+
+def _class_list(classes: Sequence[int]) -> str:
+    return f"{len(classes)} {'class' if len(classes) == 1 else 'classes'}" + \
+        (": " + " ".join(map(str, classes)) if classes else "")
+
+
+def format_shot_lines(thresholds: Mapping[str, Any], shots: Mapping[str, Any]) -> list[str]:
+    """The many/medium/few-shot accuracy lines, thresholds and class lists stated."""
+    lines = ["shot groups        by training images per class (OLTR convention, not Prior-LT's "
+             "class-index thirds)",
+             f"  thresholds       many-shot > {thresholds['many']:g}, medium {thresholds['few']:g}-"
+             f"{thresholds['many']:g} inclusive, few-shot < {thresholds['few']:g}: "
+             f"{thresholds['source']}"]
+    for shot in SHOTS:
+        g = shots[shot]
+        lines.append(f"  {shot + '-shot':<12} {g['threshold']:<12} {_fmt(g['accuracy'])}   "
+                     f"{_class_list(g['classes'])}")
+    return lines
+
+
+
+# --------------------------------------------------------------------------------------------
+# Certified accuracy per class, from a ``certify run`` results table
+
+
+def check_labels(results: Results, num_classes: int) -> None:
+    """Every label of ``results`` must be a class of a ``num_classes``-class model."""
+    bad = (results.label < 0) | (results.label >= num_classes)
+    if bad.any():
+        k = int(np.argmax(bad))
+        where = results.path if results.path is not None else "the results"
+        raise UserError(f"{where}: idx {int(results.idx[k])} has label {int(results.label[k])}, outside "
+                        f"the model's classes 0..{num_classes - 1}; is this the right results file?")
+
+
+def per_class_certified_accuracy(results: Results, num_classes: int,
+                                 radii: float | Sequence[float] | np.ndarray) -> np.ndarray:
+    """(C, R) table: for class c, the fraction of that class's rows certified correct with
+    radius ≥ r (abstentions and wrong predictions count in the denominator, as in
+    :meth:`Results.certified_accuracy`); nan for a class with no rows."""
+    check_labels(results, num_classes)
+    r = np.atleast_1d(np.asarray(radii, dtype=np.float64))
+    label = np.asarray(results.label, dtype=np.int64)
+    radius = np.asarray(results.radius, dtype=np.float64)
+    good = (np.asarray(results.correct) == 1)[:, None] & (radius[:, None] >= r[None, :])  # (N, R)
+    hits = np.zeros((num_classes, r.shape[0]))
+    np.add.at(hits, label, good.astype(np.float64))
+    rows = np.bincount(label, minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(rows[:, None] > 0, hits / rows[:, None], np.nan)
+
+
+def default_class_radii(results: Results, norm: str = "l2") -> list[float]:
+    """Three radii for the per-class table: 0 and the grid radii of
+    :func:`certify.summary.default_radii` about a third and two thirds of the way to the largest
+    certified radius. ℓ2's grid ends one step past the largest radius (accuracy 0 there), so that
+    last point is never picked; with nothing certified beyond 0 the table has 0 and one step."""
+    from certify.summary import default_radii, largest_radius
+
+    grid = default_radii([results], norm)
+    rmax = largest_radius([results])
+    positive = [r for r in grid if 0 < r <= rmax]
+    m = len(positive)
+    if m == 0:
+        return grid[:2]
+    picks = {positive[math.ceil(m / 3) - 1], positive[math.ceil(2 * m / 3) - 1]}
+    return [0.0, *sorted(picks)]
+
+
+def certified_report(results: Results, num_classes: int, radii: Sequence[float], norm: str = "l2",
+                     class_counts: Sequence[int] | None = None, many: float | None = None,
+                     few: float | None = None) -> dict[str, Any]:
+    """Certified accuracy per class (and per shot group when the training counts are known).
+
+    ``{"norm", "radii", "rows", "rows_per_class", "overall": [per radius], "per_class": [[per
+    radius] per class]}``, plus ``"shots": {"many": {"threshold", "classes", "accuracy": [per
+    radius]}, ...}`` with ``class_counts``; nan for a class with no rows.
+    """
+    radii = [float(r) for r in radii]
+    table = per_class_certified_accuracy(results, num_classes, radii)
+    out: dict[str, Any] = {
+        "norm": norm, "radii": radii, "rows": len(results),
+        "rows_per_class": np.bincount(np.asarray(results.label, dtype=np.int64),
+                                      minlength=num_classes).tolist(),
+        "overall": results.certified_accuracy(radii).tolist(),
+        "per_class": table.tolist(),
+    }
+    if class_counts is not None:
+        groups = shot_groups(class_counts, many, few)
+        per_radius = [shot_accuracy(table[:, j], groups) for j in range(len(radii))]
+        out["shots"] = {shot: {"threshold": shot_label(groups, shot),
+                               "classes": list(groups["classes"][shot]),
+                               "accuracy": [acc[shot] for acc in per_radius]} for shot in SHOTS}
+    return out
+
+
+def _radius_head(r: float, norm: str) -> str:
+    return f"{'ℓ∞' if norm == 'linf' else 'ℓ2'}={r:.2f}" if abs(round(r, 2) - r) < 1e-12 \
+        else f"{'ℓ∞' if norm == 'linf' else 'ℓ2'}={r:.4g}"
+
+
+def format_certified_report(cert: Mapping[str, Any], classes: Sequence[str] | None = None,
+                            class_counts: Sequence[int] | None = None) -> str:
+    """The per-class certified-accuracy table as aligned text, then the shot groups' rows."""
+    heads = [_radius_head(r, cert["norm"]) for r in cert["radii"]]
+    width = max(8, *(len(h) + 1 for h in heads))
+    cols = "".join(f"{h:>{width}}" for h in heads)
+    source = f" of {cert['results']}" if cert.get("results") else ""
+    if cert.get("split"):
+        source += f", {cert['split']} split"
+    lines = [f"certified accuracy per class (correct with radius ≥ r, among the class's rows; "
+             f"{cert['rows']} rows{source})",
+             f"  {'class':<16} {'train':>7} {'rows':>6}{cols}"]
+
+    def row(name: str, train: str, rows: str, values: Sequence[float]) -> str:
+        return f"  {name:<16} {train:>7} {rows:>6}" + "".join(f"{_fmt(v):>{width}}" for v in values)
+
+    for c, values in enumerate(cert["per_class"]):
+        train = str(class_counts[c]) if class_counts is not None and c < len(class_counts) else "-"
+        lines.append(row(class_name(c, classes), train, str(cert["rows_per_class"][c]), values))
+    lines.append(row("all", "-", str(cert["rows"]), cert["overall"]))
+    if cert.get("shots") is not None:
+        lines.append("certified accuracy per shot group (mean over the group's classes)")
+        for shot in SHOTS:
+            g = cert["shots"][shot]
+            lines.append(f"  {shot + '-shot':<12} {g['threshold']:<12}"
+                         + "".join(f"{_fmt(v):>{width}}" for v in g["accuracy"])
+                         + f"   {_class_list(g['classes'])}")
+    return "\n".join(lines)
+

@@ -57,9 +57,9 @@ def _fail(message: str) -> None:
 
 
 def _register() -> None:
-    from certify.cli import evaluate, inspect, plot, quickstart, run, train
+    from certify.cli import evaluate, inspect, ladc, plot, quickstart, run, train
 
-    for module in (run, plot, train, evaluate, quickstart, inspect):
+    for module in (run, plot, train, evaluate, quickstart, inspect, ladc):
         for command in module.COMMANDS:
             cli.add_command(command)
 

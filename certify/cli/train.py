@@ -48,6 +48,19 @@ RECIPE_KEYS: dict[str, tuple[str, str]] = {
     "logit_clip_p": ("objective", "logit_clip_p"), "cals_margin": ("objective", "cals_margin"),
     "label_noise": ("config", "label_noise"), "val_count": ("config", "val_count"),
     "susceptibility": ("config", "susceptibility"),
+    "ldam_max_m": ("objective", "ldam_max_m"), "ldam_s": ("objective", "ldam_s"),
+    "vs_gamma": ("objective", "vs_gamma"), "vs_tau": ("objective", "vs_tau"),
+    "reweight": ("objective", "reweight"), "cb_beta": ("objective", "cb_beta"),
+    "drw_epoch": ("objective", "drw_epoch"), "cdb_tau": ("objective", "cdb_tau"),
+    "cdb_floor": ("objective", "cdb_floor"), "weight_reduction": ("objective", "weight_reduction"),
+    "unimix": ("objective", "unimix"), "unimix_alpha": ("objective", "unimix_alpha"),
+    "unimix_tau": ("objective", "unimix_tau"), "unimix_stop": ("objective", "unimix_stop"),
+    "imbalance": ("config", "imbalance"), "imbalance_profile": ("config", "imbalance_profile"),
+    "imbalance_seed": ("config", "imbalance_seed"), "balanced_val": ("config", "balanced_val"),
+    "sampler": ("config", "sampler"), "sampler_tau": ("config", "sampler_tau"),
+    "absgd_lambda": ("config", "absgd_lambda"), "absgd_init_lambda": ("config", "absgd_init_lambda"),
+    "absgd_lambda_epoch": ("config", "absgd_lambda_epoch"), "absgd_gamma": ("config", "absgd_gamma"),
+    "absgd_alpha": ("config", "absgd_alpha"),
 }
 # Options that only SmoothMix takes: click parameter -> SmoothMix argument.
 SMOOTHMIX_PARAMS = {"num_noise_vec": "num_noise_vec", "num_steps": "num_steps",
@@ -57,8 +70,10 @@ SMOOTHMIX_PARAMS = {"num_noise_vec": "num_noise_vec", "num_steps": "num_steps",
 LINF_PARAMS = {name: name for name in ("eps_train", "eps_test", "p_start", "p_end", "p_start_epoch",
                                        "p_end_epoch", "eps_start_epoch", "eps_end_epoch")}
 # The label-loss options of the objectives that end in "logits vs labels".
-LOSS_PARAMS = {name: name for name in ("loss", "label_smoothing", "alpha", "logit_clip", "logit_clip_p",
-                                       "cals_margin")}
+LOSS_PARAMS = {name: name for name in (
+    "loss", "label_smoothing", "alpha", "logit_clip", "logit_clip_p", "cals_margin", "ldam_max_m",
+    "ldam_s", "vs_gamma", "vs_tau", "reweight", "cb_beta", "drw_epoch", "cdb_tau", "cdb_floor",
+    "weight_reduction", "unimix", "unimix_alpha", "unimix_tau", "unimix_stop")}
 # Click parameter -> argument, for each objective's own options.
 OBJECTIVE_PARAMS: dict[str, dict[str, str]] = {
     "classify": LOSS_PARAMS,
@@ -216,9 +231,43 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
               help="linf_hinge: weight of the max-over-classes hinge against the mean (default 0.75).")
 @click.option("--kappa", type=click.FloatRange(0, 1), default=None,
               help="linf_hybrid_ce: weight κ of the worst-case cross-entropy (default 1).")
-@click.option("--loss", type=click.Choice(["ce", "alpha", "cals"]), default=None,
+@click.option("--loss", type=click.Choice(["ce", "alpha", "cals", "ldam", "vs", "bayias"]), default=None,
               help="classify/gaussian: the loss on the logits: cross-entropy (default), the α-loss "
-                   "(--alpha) or CALS (needs --val-count).")
+                   "(--alpha), CALS (needs --val-count), or for long-tailed data LDAM (cosine head, "
+                   "s = 30), VS or Bayias (= logit adjustment with τ = 1).")
+@click.option("--ldam-max-m", type=click.FloatRange(0, min_open=True), default=None,
+              help="LDAM: the rarest class's margin (default 0.5; margins ∝ n^(-1/4)).")
+@click.option("--ldam-s", type=click.FloatRange(0, min_open=True), default=None,
+              help="LDAM: logit scale s (default 30).")
+@click.option("--vs-gamma", type=float, default=None,
+              help="VS: γ of the multiplicative Δ_j = (n_j/n_max)^γ (default 0.3; 0 gives LA).")
+@click.option("--vs-tau", type=float, default=None,
+              help="VS: τ of the additive ι_j = τ·log π_j (default 1.0; 0 gives CDT).")
+@click.option("--reweight", type=click.Choice(["none", "cb", "drw", "cdb"]), default=None,
+              help="Per-class loss weights: class-balanced (cb, β = --cb-beta) from the start, the "
+                   "same deferred to --drw-epoch (drw), or CDB-W from validation difficulty (cdb, "
+                   "needs --balanced-val).")
+@click.option("--cb-beta", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="cb/drw: β of the effective number (default 0.9999).")
+@click.option("--drw-epoch", type=click.IntRange(min=0), default=None,
+              help="drw: first epoch (0-based) with class-balanced weights (default 160, of 200).")
+@click.option("--cdb-tau", default=None, metavar="TAU|dynamic",
+              help="CDB-W: exponent τ of w = d^τ: a number, dynamic (CIFAR code, default) or "
+                   "dynamic-imagenet.")
+@click.option("--cdb-floor", type=click.FloatRange(0, 1), default=None,
+              help="CDB-W: floor on the difficulty, so a class perfect on validation keeps a "
+                   "weight (default 0, as the reference).")
+@click.option("--weight-reduction", type=click.Choice(["auto", "weighted", "mean"]), default=None,
+              help="How weighted losses average: Σwℓ/Σw (weighted: cb/drw as the references) or "
+                   "mean(wℓ) (mean: CDB's CIFAR code); auto picks the reference's.")
+@click.option("--unimix", is_flag=True, default=None,
+              help="UniMix: mix each image with a tail-favouring partner of its batch (Prior-LT).")
+@click.option("--unimix-alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="UniMix: Beta(α, α) of the wrapped mixing factor (default 0.8; must be < 1).")
+@click.option("--unimix-tau", type=float, default=None,
+              help="UniMix: partners drawn ∝ n^τ (default -0.5).")
+@click.option("--unimix-stop", type=click.IntRange(min=0), default=None,
+              help="UniMix: last epoch (exclusive) that mixes (default: all).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="classify/gaussian with --loss ce: label smoothing ε.")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True), default=None,
@@ -234,11 +283,40 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
                    "asymmetric:0.4 (class pairs); the test labels stay clean.")
 @click.option("--val-count", type=click.IntRange(min=0), default=0, show_default=True,
               help="Hold out the last N training images as a validation split (CALS, susceptibility).")
+@click.option("--imbalance", type=click.FloatRange(min=1), default=1.0, show_default=True,
+              metavar="RHO",
+              help="Train on a long-tailed view: class i keeps n_max·RHO^(-i/(C-1)) images (class 0 "
+                   "the head; LDAM-DRW's generator); the test split stays balanced. 1: off.")
+@click.option("--imbalance-profile", type=click.Choice(["exp", "step"]), default="exp",
+              show_default=True, help="exp: the profile above; step: half the classes keep n_max/RHO.")
+@click.option("--imbalance-seed", type=int, default=0, show_default=True,
+              help="Seed choosing which images the long-tailed view keeps.")
+@click.option("--balanced-val", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Hold out N images per class, before the imbalance, as a balanced validation "
+                   "split (CDB-W, CDB-S; CDB's protocol uses 25).")
+@click.option("--sampler", type=click.Choice(["none", "class-balanced", "cdb"]), default="none",
+              show_default=True,
+              help="Draw each epoch's images with replacement: class-balanced (LDAM's Resample) or "
+                   "cdb (CDB-S, classes ∝ validation difficulty^τ; needs --balanced-val).")
+@click.option("--sampler-tau", default="dynamic", show_default=True, metavar="TAU|dynamic",
+              help="CDB-S: exponent τ (a number, dynamic or dynamic-imagenet).")
 @click.option("--susceptibility", type=click.IntRange(min=0), default=0, show_default=True,
               help="Log the susceptibility ζ each epoch, on N held-out images with random labels "
                    "(the paper: 128; 0: off).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
-              help="SGD (smoothing references) or Adam (ℓ∞-dist references).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "absgd"]), default="sgd", show_default=True,
+              help="SGD (smoothing references), Adam (ℓ∞-dist references) or ABSGD: momentum SGD on "
+                   "per-example weights ∝ exp(loss/λ) (classify/gaussian objectives).")
+@click.option("--absgd-lambda", type=float, default=1.0, show_default=True,
+              help="ABSGD: λ from --absgd-lambda-epoch on; > 0 up-weights hard examples "
+                   "(imbalance), < 0 down-weights them (noisy labels).")
+@click.option("--absgd-init-lambda", type=float, default=10.0, show_default=True,
+              help="ABSGD: λ before --absgd-lambda-epoch (≥ 200: plain SGD, the two-stage schedule).")
+@click.option("--absgd-lambda-epoch", type=click.IntRange(min=0), default=160, show_default=True,
+              help="ABSGD: epoch (0-based) at which λ switches.")
+@click.option("--absgd-gamma", type=click.FloatRange(0, 1, min_open=True), default=0.1,
+              show_default=True, help="ABSGD: moving-average rate γ of the normalizer.")
+@click.option("--absgd-alpha", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True,
+              help="ABSGD: α scaling the normalizer.")
 @click.option("--adam-beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True)
 @click.option("--adam-beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999,
               show_default=True)
@@ -312,6 +390,12 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
         adam_beta2=values["adam_beta2"], adam_eps=values["adam_eps"], scalar_lr=values["scalar_lr"],
         lr_schedule=values["lr_schedule"], cosine_start=values["cosine_start"],
         augment=values["augment"], label_noise=values["label_noise"], val_count=values["val_count"],
+        imbalance=values["imbalance"], imbalance_profile=values["imbalance_profile"],
+        imbalance_seed=values["imbalance_seed"], balanced_val=values["balanced_val"],
+        sampler=values["sampler"], sampler_tau=values["sampler_tau"],
+        absgd_lambda=values["absgd_lambda"], absgd_init_lambda=values["absgd_init_lambda"],
+        absgd_lambda_epoch=values["absgd_lambda_epoch"], absgd_gamma=values["absgd_gamma"],
+        absgd_alpha=values["absgd_alpha"],
         susceptibility=values["susceptibility"],
         momentum=values["momentum"], weight_decay=values["weight_decay"], lr_step_size=values["lr_step"],
         lr_gamma=values["gamma"], train_count=values["train_count"], eval_count=values["eval_count"],

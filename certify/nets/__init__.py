@@ -16,11 +16,12 @@ from torch import nn
 from certify.data.registry import DatasetInfo
 from certify.errors import UserError
 from certify.nets.cifar_resnet import CifarResNet
+from certify.nets.cosine import NormedLinear, use_cosine_head
 from certify.nets.lenet import LeNet
 from certify.nets.normalize import NormalizeLayer
 from certify.nets.small_cnn import SmallCNN
 
-__all__ = ["NormalizeLayer", "ArchSpec", "register_architecture", "available_architectures",
+__all__ = ["NormalizeLayer", "NormedLinear", "ArchSpec", "register_architecture", "available_architectures",
            "build_model", "model_normalization"]
 
 Shape = tuple[int, int, int]
@@ -79,10 +80,15 @@ def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], mean
         raise UserError(f"normalization has {len(mean)} channels but inputs have {shape[0]}")
     if spec.scalar_std and len(set(std)) != 1:
         raise UserError(f"architecture {arch!r} needs one std for all channels, got {list(std)}")
+    cosine = bool(kwargs.pop("cosine_head", False))
+    if cosine and spec.scalar_std:
+        raise UserError(f"architecture {arch!r} has no linear head to make a cosine classifier")
     try:
         net = spec.build(num_classes, shape, **kwargs)
     except TypeError as err:
         raise UserError(f"bad options for architecture {arch!r}: {err}") from None
+    if cosine:  # LDAM's normalized head (any architecture ending in a linear layer)
+        use_cosine_head(net)
     return nn.Sequential(NormalizeLayer(mean, std), net)
 
 

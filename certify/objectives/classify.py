@@ -22,8 +22,9 @@ class Classify(WithLabelLoss):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x, targets = self.label_loss.mix(x, y)
         logits = model(x)
-        loss = self.label_loss(logits, y)
+        loss = self.label_loss(logits, targets)
         return loss, {"correct": (logits.argmax(1) == y).sum().item()}
 
     def certification(self) -> dict[str, Any]:

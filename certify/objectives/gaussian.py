@@ -1,7 +1,8 @@
 """Gaussian data augmentation (Cohen et al. 2019): cross-entropy on x + N(0, σ²I).
 
-The loss on the noisy logits is a :class:`LabelLoss`, so noisy-label and calibration losses
-(α-loss, CALS, LogitClip, label smoothing) compose with certified training.
+The loss on the noisy logits is a :class:`LabelLoss`, so noisy-label, calibration and long-tailed
+losses (α-loss, CALS, LogitClip, label smoothing, LDAM, VS, Bayias, class weights, UniMix,
+ABSGD) compose with certified training.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class GaussianAugmentation(WithLabelLoss):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x, targets = self.label_loss.mix(x, y)  # UniMix (if on) mixes the clean images, then noise
         logits = model(x + torch.randn_like(x) * self.sigma)
-        loss = self.label_loss(logits, y)
+        loss = self.label_loss(logits, targets)
         return loss, {"ce": loss.item(), "correct": (logits.argmax(1) == y).sum().item()}
 
     def certification(self) -> dict[str, Any]:

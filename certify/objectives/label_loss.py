@@ -1,10 +1,19 @@
 """The loss on (logits, labels) that the classification objectives train with.
 
 One object per run, so every objective that ends in "logits vs labels" (plain training, Gaussian
-augmentation) gets the same choices: cross-entropy with optional label smoothing, the α-loss
-(Sypherd et al. 2022), or CALS (Liu et al. 2023, class-wise multipliers updated after every epoch
-from a validation pass), each optionally on LogitClip'ed logits (Wei et al. 2023). Spec
-imbalance_noise.md §4, §6, §9.
+augmentation) gets the same choices (spec imbalance_noise.md):
+
+- the base loss: cross-entropy with optional label smoothing, the α-loss (§6), CALS (§9, class-wise
+  multipliers updated after every epoch from a validation pass), or a long-tailed loss on
+  count-adjusted logits: LDAM (§1, with the cosine head and s = 30), VS (§7), Bayias (§10);
+- optionally on LogitClip'ed logits (§4);
+- per-class weights (``cb``, ``drw``, CDB-W ``cdb``: :mod:`certify.objectives.reweighting`);
+- UniMix batches (§10: :mod:`certify.objectives.unimix`), mixed before the objective adds noise;
+- ABSGD's per-example attention weights (§2: :mod:`certify.losses.absgd`), attached by the trainer
+  when ``--optimizer absgd`` is chosen.
+
+The long-tailed pieces need the training class counts, which the trainer passes in with
+``set_class_counts`` once the data is prepared; ``start_epoch`` runs their schedules.
 """
 
 from __future__ import annotations
@@ -18,16 +27,26 @@ from torch import Tensor, nn
 
 from certify.errors import UserError
 from certify.losses import CALSMultipliers, alpha_loss, clip_logits
+from certify.losses.absgd import ABSGDWeighting
+from certify.losses.long_tail import bayias_logits, ldam_logits, ldam_margins, vs_logits, weighted_mean
+from certify.objectives.reweighting import ClassReweighting, class_difficulty
+from certify.objectives.unimix import MixedTargets, UniMix
 
-LOSSES = ("ce", "alpha", "cals")
+LOSSES = ("ce", "alpha", "cals", "ldam", "vs", "bayias")
+COUNT_LOSSES = ("ldam", "vs", "bayias")  # logits adjusted by the class counts
 
 
 class LabelLoss:
-    """``loss(logits, y)`` with the chosen base loss; ``after_epoch`` updates CALS's multipliers."""
+    """``loss(logits, targets)`` with the chosen base loss, weights and reduction; ``mix`` applies
+    UniMix; ``after_epoch`` updates CALS's multipliers and CDB's difficulty."""
 
     def __init__(self, loss: str = "ce", label_smoothing: float = 0.0, alpha: float = 1.0,
                  logit_clip: float | None = None, logit_clip_p: float = 2.0,
-                 cals_margin: float = 10.0):
+                 cals_margin: float = 10.0, ldam_max_m: float = 0.5, ldam_s: float = 30.0,
+                 vs_gamma: float = 0.3, vs_tau: float = 1.0, reweight: str = "none",
+                 cb_beta: float = 0.9999, drw_epoch: int = 160, cdb_tau: str | float = "dynamic",
+                 cdb_floor: float = 0.0, weight_reduction: str = "auto", unimix: bool = False,
+                 unimix_alpha: float = 0.8, unimix_tau: float = -0.5, unimix_stop: int | None = None):
         if loss not in LOSSES:
             raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if not 0 <= label_smoothing < 1:
@@ -40,51 +59,155 @@ class LabelLoss:
             raise UserError(f"--logit-clip must be positive, got {logit_clip}")
         if not cals_margin > 0:
             raise UserError(f"--cals-margin must be positive, got {cals_margin}")
+        if not (ldam_max_m > 0 and ldam_s > 0):
+            raise UserError(f"--ldam-max-m and --ldam-s must be positive, got {ldam_max_m}, {ldam_s}")
+        if loss == "cals" and (reweight != "none" or unimix):
+            raise UserError("--loss cals does not combine with --reweight or --unimix")
+        if isinstance(cdb_tau, str) and cdb_tau not in ("dynamic", "dynamic-imagenet"):
+            try:
+                cdb_tau = float(cdb_tau)
+            except ValueError:
+                raise UserError(f"--cdb-tau must be a number, dynamic or dynamic-imagenet, "
+                                f"got {cdb_tau!r}") from None
         self.loss, self.label_smoothing, self.alpha = loss, float(label_smoothing), float(alpha)
         self.logit_clip = None if logit_clip is None else float(logit_clip)
         self.logit_clip_p, self.cals_margin = float(logit_clip_p), float(cals_margin)
+        self.ldam_max_m, self.ldam_s = float(ldam_max_m), float(ldam_s)
+        self.vs_gamma, self.vs_tau = float(vs_gamma), float(vs_tau)
+        try:
+            self.reweighting = ClassReweighting(reweight, cb_beta, drw_epoch, cdb_tau, cdb_floor,
+                                                weight_reduction)
+            self.unimix = UniMix(unimix_alpha, unimix_tau, unimix_stop) if unimix else None
+        except ValueError as err:
+            raise UserError(str(err)) from None
         self.cals: CALSMultipliers | None = None
+        self.absgd: ABSGDWeighting | None = None
+        self.counts: Tensor | None = None
+        self.margins: Tensor | None = None
 
-    def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
+    # -- setup and schedules -------------------------------------------------------------------
+
+    def needs_counts(self) -> bool:
+        return (self.loss in COUNT_LOSSES or self.reweighting.rule in ("cb", "drw")
+                or self.unimix is not None)
+
+    def set_class_counts(self, counts: list[int] | Tensor) -> None:
+        counts = torch.as_tensor(counts, dtype=torch.int64)
+        if self.needs_counts() and bool((counts < 1).any()):
+            raise UserError(f"every class needs a training image for --loss {self.loss} / "
+                            f"--reweight / --unimix; the counts are {counts.tolist()}")
+        self.counts = counts
+        if self.loss == "ldam":
+            self.margins = ldam_margins(counts, self.ldam_max_m)
+        self.reweighting.set_class_counts(counts)
+
+    def set_example_weighting(self, absgd: ABSGDWeighting) -> None:
+        if self.loss == "cals":
+            raise UserError("--optimizer absgd does not combine with --loss cals")
+        self.absgd = absgd
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.needs_counts() and self.counts is None:
+            raise RuntimeError("set_class_counts must be called before training")
+        if self.counts is not None:
+            self.reweighting.start_epoch(epoch)
+        for part in (self.unimix, self.absgd):
+            if part is not None:
+                part.start_epoch(epoch)
+
+    def needs_validation(self) -> bool:
+        return self.loss == "cals" or self.reweighting.needs_validation
+
+    # -- the loss ------------------------------------------------------------------------------
+
+    def mix(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | MixedTargets]:
+        """UniMix the batch (when enabled and active this epoch), else return it as it is."""
+        if self.unimix is None:
+            return x, y
+        return self.unimix(x, y, self.counts)
+
+    def per_example(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The unweighted loss of each example against integer labels ``y``."""
+        if self.loss == "ldam":
+            logits = ldam_logits(logits, y, self.margins, self.ldam_s)
+        elif self.loss == "vs":
+            logits = vs_logits(logits, self.counts, self.vs_gamma, self.vs_tau)
+        elif self.loss == "bayias":
+            logits = bayias_logits(logits, self.counts)
+        if self.loss == "alpha":
+            return alpha_loss(logits, y, self.alpha, reduction="none")
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
+
+    def __call__(self, logits: Tensor, targets: Tensor | MixedTargets) -> Tensor:
         if self.logit_clip is not None:  # training only: test-time logits stay as they are
             logits = clip_logits(logits, self.logit_clip, self.logit_clip_p)
-        if self.loss == "alpha":
-            return alpha_loss(logits, y, self.alpha)
         if self.loss == "cals":
             if self.cals is None:
                 self.cals = CALSMultipliers(logits.shape[1], margin=self.cals_margin)
-            return self.cals.loss(logits, y)
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            return self.cals.loss(logits, targets)
+        weights = self.reweighting.current
+        if isinstance(targets, MixedTargets):
+            lam = targets.lam.to(logits.dtype)
+            losses = (lam * self.per_example(logits, targets.y_a)
+                      + (1 - lam) * self.per_example(logits, targets.y_b))
+            w = None if weights is None else (lam * weights.to(logits)[targets.y_a]
+                                             + (1 - lam) * weights.to(logits)[targets.y_b])
+        else:
+            losses = self.per_example(logits, targets)
+            w = None if weights is None else weights.to(logits)[targets]
+        if self.absgd is not None:  # ABSGD re-weights the class-weighted per-example losses
+            return self.absgd.reduce(losses if w is None else w * losses)
+        if w is None:
+            return losses.mean()
+        if self.reweighting.reduction == "weighted":
+            return weighted_mean(losses, w)
+        return (w * losses).mean()
 
     @torch.no_grad()
     def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
-        """CALS: new multipliers from the validation logits (its labels are not used)."""
-        if self.loss != "cals":
+        """CALS: new multipliers from the validation logits (its labels are not used); CDB: the
+        per-class difficulty on the validation split."""
+        if not self.needs_validation():
             return
         if validation is None:
-            raise UserError("--loss cals needs a validation split: pass --val-count N")
+            flag = "--val-count N" if self.loss == "cals" else "--balanced-val N (per class)"
+            raise UserError(f"--loss {self.loss} / --reweight {self.reweighting.rule} needs a "
+                            f"validation split: pass {flag}")
         from torch.utils.data import DataLoader
 
+        if self.reweighting.needs_validation:
+            self.reweighting.update(class_difficulty(model, validation, len(self.counts), device))
+        if self.loss != "cals":
+            return
         model.eval()
         logits = torch.cat([model(x.to(device)).float().cpu() for x, _ in DataLoader(validation, 1000)])
         if self.cals is None:
             self.cals = CALSMultipliers(logits.shape[1], margin=self.cals_margin)
         self.cals.update(logits, epoch)
 
-    def needs_validation(self) -> bool:
-        return self.loss == "cals"
+    # -- resume and record ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """CALS's outer-loop state, so that a resumed run continues it exactly."""
-        if self.cals is None:
-            return {}
-        return {"lambd": self.cals.lambd, "rho": self.cals.rho, "prev": self.cals.prev_constraints}
+        """Everything a resumed run needs to continue exactly: CALS's outer-loop state, CDB's
+        difficulty, ABSGD's running normalizer."""
+        state: dict[str, Any] = {}
+        if self.cals is not None:
+            state |= {"lambd": self.cals.lambd, "rho": self.cals.rho, "prev": self.cals.prev_constraints}
+        if self.reweighting.rule == "cdb":
+            state["reweighting"] = self.reweighting.state_dict()
+        if self.absgd is not None:
+            state["absgd"] = self.absgd.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
+        if "lambd" in state:
             self.cals = CALSMultipliers(len(state["lambd"]), margin=self.cals_margin)
             self.cals.lambd, self.cals.rho, self.cals.prev_constraints = (
                 state["lambd"], state["rho"], state["prev"])
+        if "reweighting" in state:
+            self.reweighting.load_state_dict(state["reweighting"])
+        if "absgd" in state and self.absgd is not None:
+            self.absgd.load_state_dict(state["absgd"])
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"loss": self.loss}
@@ -94,19 +217,36 @@ class LabelLoss:
             params["alpha"] = self.alpha if math.isfinite(self.alpha) else "inf"
         if self.loss == "cals":
             params["cals_margin"] = self.cals_margin
+        if self.loss == "ldam":
+            params |= {"ldam_max_m": self.ldam_max_m, "ldam_s": self.ldam_s}
+        if self.loss == "vs":
+            params |= {"vs_gamma": self.vs_gamma, "vs_tau": self.vs_tau}
         if self.logit_clip is not None:
             params |= {"logit_clip": self.logit_clip, "logit_clip_p": self.logit_clip_p}
+        if self.reweighting.rule != "none":
+            params |= self.reweighting.params()
+        if self.unimix is not None:
+            params |= {"unimix": True, **self.unimix.params()}
         return params
 
 
 class WithLabelLoss:
-    """Mixin for objectives that hold a ``self.label_loss``: the trainer's per-epoch hook and the
-    resume state go to it (CALS's multipliers; nothing for the other losses)."""
+    """Mixin for objectives that hold a ``self.label_loss``: the trainer's hooks (class counts,
+    ABSGD, the start and end of each epoch) and the resume state go to it."""
 
     label_loss: LabelLoss
 
     def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
         self.label_loss.after_epoch(model, validation, epoch, device)
+
+    def set_class_counts(self, counts: list[int]) -> None:
+        self.label_loss.set_class_counts(counts)
+
+    def set_example_weighting(self, absgd: Any) -> None:
+        self.label_loss.set_example_weighting(absgd)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.label_loss.start_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return self.label_loss.state_dict()

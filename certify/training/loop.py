@@ -24,23 +24,26 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, WeightedRandomSampler
 
 from certify.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from certify.errors import UserError
 from certify.data.augment import crop_augmentation
 from certify.fsutil import atomic_write_text
 from certify.linf_dist.schedules import cosine_factor
+from certify.losses.absgd import ABSGDWeighting
 from certify.objectives import make_objective
 from certify.training import distributed
 from certify.training.distributed import DistInfo
 from certify.training.susceptibility import Susceptibility
-from certify.training.views import memorization, prepare_training_data
+from certify.training.sampling import ExampleSampling
+from certify.training.views import TrainingData, memorization, prepare_training_data
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir", "channels_last")
 AMP_MODES = ("off", "bf16")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "absgd")
+SAMPLERS = ("none", "class-balanced", "cdb")
 LR_SCHEDULES = ("step", "cosine")
 AUGMENTATIONS = ("dataset", "none", "crop-zero", "crop-edge")
 
@@ -61,7 +64,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step_size: int = 30
     lr_gamma: float = 0.1
-    optimizer: str = "sgd"  # "adam": Adam with adam_beta1/2, adam_eps and weight_decay (ℓ∞ nets)
+    optimizer: str = "sgd"  # "adam": Adam with adam_beta1/2, adam_eps and weight_decay (ℓ∞ nets);
+    # "absgd": SGD on ABSGD's attention-weighted loss (absgd_* below; long-tailed or noisy labels)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -70,6 +74,17 @@ class TrainConfig:
     cosine_start: int = 0  # epochs at the initial lr before the cosine starts (v1's e1; v2: 0)
     augment: str = "dataset"  # its standard one; "none"; the ℓ∞-dist v1 "crop-zero" or v2 "crop-edge"
     label_noise: str = "none"  # "symmetric:0.4", "asymmetric:0.4": corrupt the training labels
+    imbalance: float = 1.0  # ρ = n_max / n_min of a long-tailed view of the training split (1: off)
+    imbalance_profile: str = "exp"  # "exp" (LDAM-DRW's CIFAR-LT) or "step" (half the classes rare)
+    imbalance_seed: int = 0  # which images the view keeps (the reference's fixed seed 0)
+    balanced_val: int = 0  # hold out N images per class before the imbalance (CDB's 25)
+    sampler: str = "none"  # "class-balanced" (LDAM's Resample) or "cdb" (CDB-S), with replacement
+    sampler_tau: str = "dynamic"  # CDB-S exponent τ: a number, "dynamic" or "dynamic-imagenet"
+    absgd_lambda: float = 1.0  # ABSGD λ of the second stage (< 0: down-weight hard examples)
+    absgd_init_lambda: float = 10.0  # λ of the first stage (≥ 200: plain SGD)
+    absgd_lambda_epoch: int = 160  # epoch at which λ switches
+    absgd_gamma: float = 0.1  # moving-average rate γ of the normalizer u
+    absgd_alpha: float = 0.5  # α, scales u (and so the effective learning rate)
     val_count: int = 0  # hold out the last N training images (CALS, susceptibility)
     susceptibility: int = 0  # measure ζ each epoch on this many held-out images with random labels
     train_count: int | None = None  # train on the first N training images only (short budgets)
@@ -92,12 +107,15 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         for name, allowed in (("amp", AMP_MODES), ("optimizer", OPTIMIZERS),
-                              ("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS)):
+                              ("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS),
+                              ("sampler", SAMPLERS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
         if self.val_count < 0 or self.susceptibility < 0:
             raise UserError("--val-count and --susceptibility must be ≥ 0")
+        if self.sampler == "cdb" and not self.balanced_val and not self.val_count:
+            raise UserError("--sampler cdb samples by validation difficulty: pass --balanced-val N")
         if not 0 <= self.cosine_start < self.epochs:
             raise UserError(f"--cosine-start must be in [0, epochs), got {self.cosine_start}")
 
@@ -117,6 +135,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command
     log_path = Path(log_path) if log_path is not None else None
     if log_path is not None and log_path.resolve() == out.resolve():
         raise UserError(f"the JSON-lines log and the checkpoint are both {out}: choose another --log")
+    if config.objective_params.get("loss") == "ldam":  # LDAM always trains a cosine head (§1)
+        config.arch_kwargs.setdefault("cosine_head", True)
     objective = make_objective(config.objective, **config.objective_params)
     dist_info, device = distributed.init_from_env(config.device)
     try:
@@ -152,19 +172,25 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
         train_set.transform = crop_augmentation(info, edge=config.augment == "crop-edge")
     test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     data = prepare_training_data(train_set, info.name, info.num_classes, config.label_noise,
-                                 config.val_count, config.train_count, config.seed)
+                                 config.val_count, config.train_count, config.seed,
+                                 imbalance=config.imbalance, imbalance_profile=config.imbalance_profile,
+                                 balanced_val=config.balanced_val, imbalance_seed=config.imbalance_seed)
+    _bind_objective(objective, config, data)
     train_set = data.train
     test_set = _first(test_set, config.eval_count)
     probe = Susceptibility(data.validation if data.validation is not None else test_set,
                            config.susceptibility, info.num_classes, config.seed, device)
+    if dist_info.enabled and config.sampler != "none":
+        raise UserError(f"--sampler {config.sampler} is not supported under torchrun yet")
     sampler = distributed.train_sampler(train_set, dist_info, config.seed) if dist_info.enabled else None
+    weighting = ExampleSampling(config, data, info.num_classes)
     steps_per_epoch = len(_loader(train_set, config, 0, sampler))
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
     start_epoch, history = 0, []
     if resume and out.exists():
         start_epoch, history = _restore(out, config, model, optimizer, scheduler, objective, dist_info,
-                                        device, log)
+                                        device, log, weighting)
         log(f"resuming {out} after epoch {start_epoch}")
     if log_path is not None and start_epoch < config.epochs:
         _prepare_log(log_path, out, start_epoch, write=dist_info.is_main)
@@ -180,7 +206,10 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         zeta = probe.measure(plain, optimizer, epoch, history)
-        sums, scheduled = _train_epoch(model, objective, _loader(train_set, config, epoch, sampler), optimizer,
+        if hasattr(objective, "start_epoch"):  # DRW's weights, ABSGD's λ stage, UniMix's stop
+            objective.start_epoch(epoch)
+        loader = _loader(train_set, config, epoch, sampler, weighting.weights())
+        sums, scheduled = _train_epoch(model, objective, loader, optimizer,
                             scheduler, epoch, device, config, f"epoch {epoch + 1}/{config.epochs}",
                             progress)
         if config.lr_schedule == "step":
@@ -188,8 +217,9 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
         seconds = time.perf_counter() - t0
         sums = distributed.sum_across_ranks(sums)
         distributed.broadcast_buffers(model)  # every replica now equals what rank 0 checkpoints
-        if hasattr(objective, "after_epoch"):  # e.g. CALS's multipliers, from the validation split
+        if hasattr(objective, "after_epoch"):  # CALS's multipliers, CDB's difficulty (validation)
             objective.after_epoch(plain, data.validation, epoch, device)
+        weighting.after_epoch(plain, data.validation, device)  # CDB-S's difficulty
         metrics = None
         if dist_info.is_main:
             t1 = time.perf_counter()
@@ -209,10 +239,12 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
             std=std, certification=objective.certification(),
             state_dict={k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()},
             training={"config": dataclasses.asdict(config), "history": history,
-                      "world_size": dist_info.world_size, "label_noise": data.noise},
+                      "world_size": dist_info.world_size, "label_noise": data.noise,
+                      "class_counts": data.class_counts, "long_tail": data.long_tail},
             command=command, metrics=metrics, epoch=epoch + 1,
             resume_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "objective": _objective_state(objective),
+                          "sampling": weighting.state_dict(),
                           "torch_rng": rng[0]["cpu"], "rng_ranks": rng})
         if dist_info.is_main:
             log(_epoch_line(metrics, config.epochs))
@@ -250,6 +282,29 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
 
 
+def _bind_objective(objective: Any, config: TrainConfig, data: TrainingData) -> None:
+    """Give the objective what only the data knows (class counts), attach ABSGD, and refuse
+    what cannot work before the first epoch rather than after it."""
+    label_loss = getattr(objective, "label_loss", None)
+    if label_loss is None:
+        if config.optimizer == "absgd":
+            raise UserError(f"--optimizer absgd re-weights per-example losses: use --objective "
+                            f"classify or gaussian, not {config.objective}")
+        return
+    objective.set_class_counts(data.class_counts)
+    if label_loss.needs_validation() and data.validation is None:
+        flag = "--val-count N" if label_loss.loss == "cals" else "--balanced-val N (per class)"
+        raise UserError(f"--loss {label_loss.loss} / --reweight {label_loss.reweighting.rule} needs "
+                        f"a validation split: pass {flag}")
+    if config.optimizer == "absgd":
+        try:
+            absgd = ABSGDWeighting(config.absgd_lambda, config.absgd_init_lambda,
+                                   config.absgd_lambda_epoch, config.absgd_gamma, config.absgd_alpha)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        objective.set_example_weighting(absgd)
+
+
 def _objective_state(objective: Any) -> dict[str, Any]:
     state = getattr(objective, "state_dict", None)
     return state() if state is not None else {}
@@ -259,15 +314,21 @@ def _first(dataset: Any, count: int | None) -> Any:
     return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
 
 
-def _loader(train_set: Any, config: TrainConfig, epoch: int,
-            sampler: DistributedSampler | None) -> DataLoader:
-    """A new permutation every epoch: this rank's share of it under torchrun, all of it otherwise."""
+def _loader(train_set: Any, config: TrainConfig, epoch: int, sampler: DistributedSampler | None,
+            weights: torch.Tensor | None = None) -> DataLoader:
+    """A new permutation every epoch: this rank's share of it under torchrun, all of it otherwise;
+    or, with per-example ``weights``, as many draws with replacement as the split has images."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    if weights is not None:
+        drawn = WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+        return DataLoader(train_set, batch_size=config.batch_size, sampler=drawn,
+                          num_workers=config.workers, drop_last=False)
     if sampler is not None:
         sampler.set_epoch(epoch)  # the same permutation on every rank, so the shares are disjoint
         return DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
                           num_workers=config.workers, drop_last=False)
     return DataLoader(train_set, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
-                      drop_last=False, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+                      drop_last=False, generator=generator)
 
 
 def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -340,7 +401,7 @@ def _averages(sums: dict[str, float]) -> dict[str, Any]:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Any, certification: dict[str, Any], device: torch.device,
              seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
-    """Clean test accuracy; for smoothing models also the accuracy under one noise draw per image,
+    """Clean test accuracy and balanced accuracy; for smoothing models also the accuracy under one noise draw per image,
     for ℓ∞-dist nets at p = ∞ the Lipschitz-certified accuracy at the recorded ε."""
     model.eval()
     kind = certification.get("kind")
@@ -348,11 +409,14 @@ def evaluate(model: nn.Module, dataset: Any, certification: dict[str, Any], devi
     linf_eps = certification.get("eps") if kind == "linf_dist" and _linf_at_inf(model) else None
     generator = torch.Generator(device=device).manual_seed(seed)
     clean = noisy = certified = total = 0
+    class_hits = class_total = 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
         x, y = x.to(device), y.to(device)
         logits = model(x)
         hits = logits.argmax(1) == y
         clean += hits.sum().item()
+        class_hits = class_hits + torch.bincount(y[hits], minlength=logits.shape[1]).cpu()
+        class_total = class_total + torch.bincount(y, minlength=logits.shape[1]).cpu()
         if sigma:
             noise = torch.randn(x.shape, generator=generator, device=device) * sigma
             noisy += (model(x + noise).argmax(1) == y).sum().item()
@@ -361,7 +425,8 @@ def evaluate(model: nn.Module, dataset: Any, certification: dict[str, Any], devi
 
             certified += (hits & (lipschitz_radii(model, logits) >= linf_eps)).sum().item()
         total += len(y)
-    metrics = {"test_acc": round(clean / total, 5)}
+    metrics = {"test_acc": round(clean / total, 5),  # balanced: the mean recall over classes present
+               "test_balanced_acc": round((class_hits / class_total)[class_total > 0].mean().item(), 5)}
     if sigma:
         metrics["test_noisy_acc"] = round(noisy / total, 5)
     if linf_eps:
@@ -384,6 +449,8 @@ def _epoch_line(m: dict[str, Any], epochs: int) -> str:
         noisy += f"  test certified acc {m['test_cert_acc']:.4f}"
     if "p" in m:
         noisy += f"  p {m['p']:.4g}"
+    if abs(m.get("test_balanced_acc", m["test_acc"]) - m["test_acc"]) > 1e-3:  # an imbalanced test split
+        noisy += f"  balanced {m['test_balanced_acc']:.4f}"
     return (f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  train acc "
             f"{m['train_noisy_acc']:.4f}  test acc {m['test_acc']:.4f}{noisy}  lr {m['lr']:.3g}  "
             f"{m['seconds']:.1f} s ({m['images_per_s']:.0f} img/s)")
@@ -435,7 +502,7 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
              scheduler: Any, objective: Any, dist_info: DistInfo, device: torch.device,
-             log: Callable[[str], Any]) -> tuple[int, list[dict[str, Any]]]:
+             log: Callable[[str], Any], weighting: ExampleSampling) -> tuple[int, list[dict[str, Any]]]:
     ckpt = load_checkpoint(out)
     stored = ckpt.training.get("config", {})
     wanted = dataclasses.asdict(config)
@@ -456,6 +523,7 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
     scheduler.load_state_dict(state["scheduler"])
     if hasattr(objective, "load_state_dict"):
         objective.load_state_dict(state.get("objective", {}))
+    weighting.load_state_dict(state.get("sampling", {}))
     ranks = state.get("rng_ranks") or [{"cpu": state["torch_rng"]}]
     if len(ranks) != dist_info.world_size:
         log(f"note: {out} was written by {len(ranks)} process(es) and this run has "

@@ -1,5 +1,6 @@
-"""What the trainer trains on: the training split with optional label noise, a held-out
-validation split, and the first ``train_count`` images (spec imbalance_noise.md §4-§5).
+"""What the trainer trains on: the training split, optionally long-tailed, with optional label
+noise, a held-out validation split (the last N images, or N per class), and the first
+``train_count`` images (spec imbalance_noise.md §0, §4, §5, §8).
 
 Label noise rewrites the training targets once, from a generator seeded by the run's seed; the
 clean labels are kept only to measure how much of the noise the model memorizes.
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from certify.data.long_tail import long_tail_split
 from certify.data.noisy_labels import asymmetric_noise, noise_rate, symmetric_noise
 from certify.errors import UserError
 
@@ -28,6 +30,8 @@ class TrainingData:
     noise: dict[str, Any] | None  # recorded in the checkpoint
     flipped: Any | None = None  # the training images whose label the noise changed
     clean_targets: Tensor | None = None  # of the flipped images, for evaluation only
+    class_counts: list[int] | None = None  # training images per class (as labelled)
+    long_tail: dict[str, Any] | None = None  # the view's parameters, recorded in the checkpoint
 
 
 def parse_label_noise(text: str) -> tuple[str, float] | None:
@@ -46,11 +50,29 @@ def parse_label_noise(text: str) -> tuple[str, float] | None:
 
 
 def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_noise: str,
-                          val_count: int, train_count: int | None, seed: int) -> TrainingData:
-    """Noise the labels (all of the split), hold out the last ``val_count`` images, keep the first
+                          val_count: int, train_count: int | None, seed: int, *,
+                          imbalance: float = 1.0, imbalance_profile: str = "exp",
+                          balanced_val: int = 0, imbalance_seed: int = 0) -> TrainingData:
+    """Choose the long-tailed images and the balanced held-out ones (by clean label), noise the
+    labels (all of the split), hold out the last ``val_count`` images, keep the first
     ``train_count`` of the rest."""
     noise = parse_label_noise(label_noise)
-    record, flipped_all = None, None
+    total = len(train_set)
+    indices = torch.arange(total)
+    validation_indices = None
+    long_tail = None
+    if imbalance != 1.0 or balanced_val:
+        if val_count:
+            raise UserError("--val-count and --balanced-val are two ways to hold out a validation "
+                            "split: choose one")
+        if train_count is not None:
+            raise UserError("--train-count does not combine with --imbalance or --balanced-val "
+                            "(the long-tailed view fixes the training images)")
+        indices, validation_indices, counts = long_tail_split(
+            train_set.targets, num_classes, imbalance, imbalance_profile, balanced_val, imbalance_seed)
+        long_tail = {"imbalance": imbalance, "profile": imbalance_profile, "seed": imbalance_seed,
+                     "balanced_val": balanced_val, "counts": counts}
+    record, flipped_all, clean = None, None, None
     if noise is not None:
         kind, rate = noise
         clean = train_set.targets.clone()
@@ -65,18 +87,47 @@ def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_
         train_set.targets = noisy
         record = {"kind": kind, "rate": rate, "realized_rate": round(noise_rate(clean, noisy), 6),
                   "transition": transition.tolist(), "flipped": flipped_all.tolist()}
-    total = len(train_set)
-    if not 0 <= val_count < total:
-        raise UserError(f"--val-count must be in [0, {total}), got {val_count}")
-    validation = Subset(train_set, range(total - val_count, total)) if val_count else None
-    keep = total - val_count if train_count is None else min(train_count, total - val_count)
-    train = train_set if keep == total else Subset(train_set, range(keep))
-    data = TrainingData(train, validation, record)
+    if validation_indices is None:
+        if not 0 <= val_count < total:
+            raise UserError(f"--val-count must be in [0, {total}), got {val_count}")
+        keep = total - val_count if train_count is None else min(train_count, total - val_count)
+        indices = indices[:keep]
+        validation_indices = torch.arange(total - val_count, total)
+    validation = Subset(train_set, validation_indices.tolist()) if len(validation_indices) else None
+    train = train_set if len(indices) == total else Subset(train_set, indices.tolist())
+    targets = torch.as_tensor(train_set.targets)[indices]
+    data = TrainingData(train, validation, record, long_tail=long_tail,
+                        class_counts=torch.bincount(targets, minlength=num_classes).tolist())
     if flipped_all is not None:
-        inside = flipped_all[flipped_all < keep]
+        inside = flipped_all[torch.isin(flipped_all, indices)]
         data.flipped = Subset(train_set, inside.tolist())
         data.clean_targets = clean[inside]
     return data
+
+
+def training_targets(data: TrainingData) -> Tensor:
+    """The labels of ``data.train`` in its order (what a sampler weights by)."""
+    train = data.train
+    if isinstance(train, Subset):
+        return torch.as_tensor(train.dataset.targets)[torch.as_tensor(train.indices)]
+    return torch.as_tensor(train.targets)
+
+
+def checkpoint_training_data(ckpt: Any, data_dir: str | None = None) -> TrainingData:
+    """The training data ``ckpt`` was trained on (same view, noise and held-out split), without
+    augmentation: what post-hoc steps such as LADC refit on."""
+    from certify.data import dataset_info, load_dataset
+
+    config = ckpt.training.get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"{ckpt.path}: the checkpoint does not record its training configuration")
+    info = dataset_info(ckpt.dataset)
+    train_set = load_dataset(ckpt.dataset, "train", data_dir=data_dir or config.get("data_dir"))
+    return prepare_training_data(
+        train_set, info.name, info.num_classes, config.get("label_noise", "none"),
+        config.get("val_count", 0), config.get("train_count"), config.get("seed", 0),
+        imbalance=config.get("imbalance", 1.0), imbalance_profile=config.get("imbalance_profile", "exp"),
+        balanced_val=config.get("balanced_val", 0), imbalance_seed=config.get("imbalance_seed", 0))
 
 
 @torch.no_grad()

@@ -1,0 +1,82 @@
+"""Which training images each epoch draws: a plain permutation, or draws with replacement by
+per-example weight (spec imbalance_noise.md §1, §8).
+
+- ``class-balanced``: LDAM-DRW's "Resample" rule, an image's weight the *unnormalized*
+  class-balanced weight (1 − β)/(1 − β^n_y) of its class, β = 0.9999.
+- ``cdb``: CDB-S, classes drawn ∝ d_c^τ with d_c = 1 − accuracy on the balanced validation split,
+  refreshed after every epoch (d starts at 1: uniform over classes), so an image's weight is
+  d_y^τ / n_y. The IJCV paper describes it; the official repository has no code for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from certify.losses.long_tail import cdb_tau
+from certify.objectives.reweighting import class_difficulty
+from certify.training.views import TrainingData, training_targets
+
+__all__ = ["ExampleSampling", "class_balanced_example_weights", "cdb_example_weights"]
+
+CB_BETA = 0.9999
+
+
+def class_balanced_example_weights(targets: Tensor, counts: Tensor, beta: float = CB_BETA) -> Tensor:
+    """(1 − β)/(1 − β^n_{y_i}) per image: rarer classes are drawn more often."""
+    n = counts.to(torch.float64)
+    per_class = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    return per_class[targets]
+
+
+def cdb_example_weights(targets: Tensor, counts: Tensor, difficulty: Tensor,
+                        tau: str | float = "dynamic") -> Tensor:
+    """d_{y_i}^τ / n_{y_i} per image, so that class c is drawn with probability ∝ d_c^τ."""
+    d = difficulty.to(torch.float64)
+    per_class = d.pow(cdb_tau(d, tau)) / counts.to(torch.float64).clamp(min=1)
+    if not per_class[counts > 0].sum() > 0:  # every class perfect on validation: draw uniformly
+        per_class = 1.0 / counts.to(torch.float64).clamp(min=1)
+    return per_class[targets]
+
+
+class ExampleSampling:
+    """The trainer's sampling rule; ``weights()`` is None for a plain shuffled epoch."""
+
+    def __init__(self, config: Any, data: TrainingData, num_classes: int):
+        self.rule = config.sampler
+        self.tau: str | float = _tau(config.sampler_tau)
+        self.num_classes = num_classes
+        self.targets = training_targets(data) if self.rule != "none" else None
+        self.counts = torch.as_tensor(data.class_counts)
+        self.difficulty = torch.ones(num_classes)
+
+    def weights(self) -> Tensor | None:
+        if self.rule == "class-balanced":
+            return class_balanced_example_weights(self.targets, self.counts)
+        if self.rule == "cdb":
+            return cdb_example_weights(self.targets, self.counts, self.difficulty, self.tau)
+        return None
+
+    def after_epoch(self, model: nn.Module, validation: Any, device: torch.device) -> None:
+        if self.rule == "cdb":
+            self.difficulty = class_difficulty(model, validation, self.num_classes, device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"difficulty": self.difficulty.tolist()} if self.rule == "cdb" else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "difficulty" in state:
+            self.difficulty = torch.tensor(state["difficulty"])
+
+
+def _tau(text: str | float) -> str | float:
+    from certify.errors import UserError
+
+    if isinstance(text, (int, float)) or text in ("dynamic", "dynamic-imagenet"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"--sampler-tau must be a number, dynamic or dynamic-imagenet, got {text!r}") from None
