@@ -9,6 +9,7 @@ clean labels are kept only to measure how much of the noise the model memorizes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,7 +123,10 @@ def checkpoint_training_data(ckpt: Any, data_dir: str | None = None) -> Training
     if not isinstance(config, dict):
         raise UserError(f"{ckpt.path}: the checkpoint does not record its training configuration")
     info = dataset_info(ckpt.dataset)
-    train_set = load_dataset(ckpt.dataset, "train", data_dir=data_dir or config.get("data_dir"))
+    recorded = config.get("data_dir")  # where it was trained: often another machine's path
+    if data_dir is None and recorded and Path(recorded).is_dir():
+        data_dir = recorded
+    train_set = load_dataset(ckpt.dataset, "train", data_dir=data_dir)
     return prepare_training_data(
         train_set, info.name, info.num_classes, config.get("label_noise", "none"),
         config.get("val_count", 0), config.get("train_count"), config.get("seed", 0),

@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+suffix = sys.argv[3] if len(sys.argv) > 3 else ""  # one set of archives per seed
 groups = {"models-a": ["ce", "ldam-drw", "vs", "bayias", "bayias-unimix"],
           "models-b": ["cdb-w", "cdb-s", "absgd", "absgd-drw"],
           "models-c": ["gauss-ce", "gauss-ldam-drw", "gauss-vs", "gauss-bayias-unimix"]}
 for archive, names in groups.items():
-    with tarfile.open(dst / f"{archive}.tar", "w") as tar:
+    with tarfile.open(dst / f"{archive}{suffix}.tar", "w") as tar:
         for name in names:
             path = src / f"{name}.pt"
             if not path.exists():
@@ -23,7 +24,7 @@ for archive, names in groups.items():
             final.parent.mkdir(exist_ok=True)
             torch.save(raw, final)
             tar.add(final, arcname=f"{name}.pt")
-with tarfile.open(dst / "logs.tar.gz", "w:gz") as tar:
+with tarfile.open(dst / f"logs{suffix}.tar.gz", "w:gz") as tar:
     for path in sorted(src.iterdir()):
         if path.suffix in (".jsonl", ".log", ".tsv", ".json"):
             tar.add(path, arcname=path.name)

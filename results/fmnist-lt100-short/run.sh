@@ -8,18 +8,19 @@
 # Environment: EPOCHS (default: the recipe's 30), DRW (the epoch DRW / the ABSGD stage switch at,
 # default 24 = the recipe's lr drop), N (smoothing samples, default 10000), SKIP (certify every
 # SKIP-th test image, default 10), JOBS (trainings at once, default 5), DEVICE (default cuda if
-# present), DATA (the Fashion-MNIST directory, default: the loader's own search).
+# present), DATA (the Fashion-MNIST directory, default: the loader's own search), SEED (the
+# training seed, default 0; the long-tailed view is the same for every seed).
 set -euo pipefail
 out=${1:?usage: run.sh OUTDIR}
 mkdir -p "$out"
-EPOCHS=${EPOCHS:-30}; DRW=${DRW:-24}; N=${N:-10000}; SKIP=${SKIP:-10}; JOBS=${JOBS:-5}
+EPOCHS=${EPOCHS:-30}; DRW=${DRW:-24}; SEED=${SEED:-0}; N=${N:-10000}; SKIP=${SKIP:-10}; JOBS=${JOBS:-5}
 DEVICE=${DEVICE:-$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
 data=(); [ -n "${DATA:-}" ] && data=(--data-dir "$DATA")
 certify=(python3 -m certify.cli)
 
 train() {  # NAME FLAGS...: one run of the shared recipe with a method's flags
   local name=$1; shift
-  "${certify[@]}" train --recipe fmnist-lt100-short --epochs "$EPOCHS" --device "$DEVICE" \
+  "${certify[@]}" train --recipe fmnist-lt100-short --epochs "$EPOCHS" --seed "$SEED" --device "$DEVICE" \
     "${data[@]}" --quiet --out "$out/$name.pt" "$@" > "$out/$name.train.log" 2>&1 \
     || { echo "FAILED: $name"; tail -3 "$out/$name.train.log"; }
 }
