@@ -47,9 +47,10 @@ for spec in "${runs[@]}"; do
 done
 wait
 
+python3 "$(dirname "$0")/export_final.py" "$out"  # certify the files that get kept
 for name in gauss-ce gauss-ldam-drw gauss-vs gauss-bayias-unimix; do
-  [ -f "$out/$name.pt" ] || continue
-  "${certify[@]}" run "$out/$name.pt" --out "$out/$name.tsv" --n "$N" --skip "$SKIP" --batch "${BATCH:-1000}" \
+  [ -f "$out/final/$name.pt" ] || continue
+  "${certify[@]}" run "$out/final/$name.pt" --out "$out/$name.tsv" --n "$N" --skip "$SKIP" --batch "${BATCH:-1000}" \
     --device "$DEVICE" "${data[@]}" --quiet > "$out/$name.run.log" 2>&1 &
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
 done
