@@ -86,12 +86,18 @@ def test_drw_changes_training_only_from_its_epoch(lt_fmnist, tmp_path):
     assert same and differs
 
 
-def test_gaussian_composes_with_the_long_tailed_losses(lt_fmnist, tmp_path):
+def test_gaussian_and_smoothmix_compose_with_the_long_tailed_losses(lt_fmnist, tmp_path):
     ckpt = train(config(lt_fmnist, epochs=1, objective="gaussian",
                         objective_params={"sigma": 0.25, "loss": "vs", "unimix": True}),
                  tmp_path / "m.pt", progress=False, log=quiet)
     assert ckpt.certification == {"kind": "smoothing", "sigma": 0.25}
     assert ckpt.training["config"]["objective_params"]["loss"] == "vs"
+    mixed = train(config(lt_fmnist, epochs=1, objective="smoothmix", optimizer="absgd",
+                         absgd_init_lambda=1.0, objective_params={
+                             "sigma": 0.25, "num_steps": 2, "loss": "ldam", "reweight": "cb"}),
+                  tmp_path / "s.pt", progress=False, log=quiet)
+    assert mixed.arch_kwargs["cosine_head"] is True
+    assert mixed.resume_state["objective"]["absgd"]["log_u"] is not None
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -100,7 +106,9 @@ def test_gaussian_composes_with_the_long_tailed_losses(lt_fmnist, tmp_path):
     ({"val_count": 8}, "choose one"),
     ({"train_count": 50}, "--train-count"),
     ({"imbalance": 1000.0}, "no training image"),
-    ({"objective": "smoothmix", "objective_params": {"sigma": 0.25}, "optimizer": "absgd"}, "absgd"),
+    ({"objective": "linf_mixture", "objective_params": {"eps_train": 0.1, "eps_test": 0.1},
+      "optimizer": "absgd"}, "absgd"),
+    ({"objective": "smoothmix", "objective_params": {"sigma": 0.25, "unimix": True}}, "--unimix"),
     ({"optimizer": "absgd", "absgd_lambda": 0.0}, "non-zero"),
 ])
 def test_mistakes_fail_before_training(lt_fmnist, tmp_path, changes, message):
@@ -120,7 +128,7 @@ def test_cli_trains_ldam_drw_and_rejects_bad_flags(lt_fmnist, tmp_path, capsys):
     capsys.readouterr()
     assert cli(*common, "--objective", "classify", "--unimix", "--unimix-alpha", "1",
                "--out", tmp_path / "u.pt") == 2
-    assert cli(*common, "--objective", "smoothmix", "--vs-gamma", "0.2", "--out", tmp_path / "s.pt") == 2
+    assert cli(*common, "--objective", "linf_mixture", "--vs-gamma", "0.2", "--out", tmp_path / "s.pt") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error:") for line in err)
-    assert "--vs-gamma does not apply to --objective smoothmix" in err[1]
+    assert "--vs-gamma does not apply to --objective linf_mixture" in err[1]

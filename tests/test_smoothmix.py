@@ -240,7 +240,7 @@ def test_registered_with_round_tripping_params():
     params = json.loads(json.dumps(obj.params()))
     assert params == {"sigma": 0.5, "num_noise_vec": 2, "num_steps": 8, "step_size": 1.0, "eta": 1.0,
                       "mix_step": 1, "warmup": 10, "maxnorm_s": None, "maxnorm": 4.0,
-                      "detach_target": False}
+                      "detach_target": False, "loss": "ce"}
     assert make_objective("smoothmix", **params).params() == params
 
 

@@ -78,7 +78,7 @@ LOSS_PARAMS = {name: name for name in (
 OBJECTIVE_PARAMS: dict[str, dict[str, str]] = {
     "classify": LOSS_PARAMS,
     "gaussian": {"sigma": "sigma", **LOSS_PARAMS},
-    "smoothmix": {"sigma": "sigma", **SMOOTHMIX_PARAMS},
+    "smoothmix": {"sigma": "sigma", **SMOOTHMIX_PARAMS, **LOSS_PARAMS},
     "linf_mixture": {**LINF_PARAMS, "lambda_start": "lambda_start", "lambda_end": "lambda_end"},
     "linf_hinge": {**LINF_PARAMS, "hinge_mix": "mix"},
     "linf_hybrid_ce": {**LINF_PARAMS, "kappa": "kappa"},
@@ -232,7 +232,7 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
 @click.option("--kappa", type=click.FloatRange(0, 1), default=None,
               help="linf_hybrid_ce: weight κ of the worst-case cross-entropy (default 1).")
 @click.option("--loss", type=click.Choice(["ce", "alpha", "cals", "ldam", "vs", "bayias"]), default=None,
-              help="classify/gaussian: the loss on the logits: cross-entropy (default), the α-loss "
+              help="classify/gaussian/smoothmix: the loss on the (noisy) logits: cross-entropy (default), the α-loss "
                    "(--alpha), CALS (needs --val-count), or for long-tailed data LDAM (cosine head, "
                    "s = 30), VS or Bayias (= logit adjustment with τ = 1).")
 @click.option("--ldam-max-m", type=click.FloatRange(0, min_open=True), default=None,
@@ -269,7 +269,7 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
 @click.option("--unimix-stop", type=click.IntRange(min=0), default=None,
               help="UniMix: last epoch (exclusive) that mixes (default: all).")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="classify/gaussian with --loss ce: label smoothing ε.")
+              help="--loss ce: label smoothing ε.")
 @click.option("--alpha", type=click.FloatRange(0, min_open=True), default=None,
               help="--loss alpha: α (1 = CE, ½ exponential, inf = 1 − p_y; > 1 for noisy labels).")
 @click.option("--logit-clip", type=click.FloatRange(0, min_open=True), default=None,
@@ -305,7 +305,7 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
                    "(the paper: 128; 0: off).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "absgd"]), default="sgd", show_default=True,
               help="SGD (smoothing references), Adam (ℓ∞-dist references) or ABSGD: momentum SGD on "
-                   "per-example weights ∝ exp(loss/λ) (classify/gaussian objectives).")
+                   "per-example weights ∝ exp(loss/λ) (classify, gaussian, smoothmix).")
 @click.option("--absgd-lambda", type=float, default=1.0, show_default=True,
               help="ABSGD: λ from --absgd-lambda-epoch on; > 0 up-weights hard examples "
                    "(imbalance), < 0 down-weights them (noisy labels).")

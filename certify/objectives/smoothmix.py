@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from certify.errors import UserError
+from certify.objectives.label_loss import LabelLoss, WithLabelLoss
 
 __all__ = ["SmoothMix", "self_mixup", "smoothed_softmax", "warmup_factor"]
 
@@ -69,8 +70,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class SmoothMix:
+class SmoothMix(WithLabelLoss):
     """SmoothMix training loss for a randomized-smoothing base classifier at noise level σ.
+
+    The cross-entropy term on the noisy copies of x̃ is a :class:`LabelLoss` (plain CE by default,
+    as the reference), so the long-tailed losses, class weights and ABSGD compose with SmoothMix;
+    UniMix does not (it would mix the images the attack starts from).
 
     ``steps_per_batch`` is m: the reference splits each loader batch into m chunks and takes one
     optimizer step per chunk, each chunk with m noise draws, so a step sees as many noisy inputs as
@@ -84,7 +89,7 @@ class SmoothMix:
 
     def __init__(self, sigma: float, num_noise_vec: int = 1, num_steps: int = 8, step_size: float = 1.0,
                  eta: float = 1.0, mix_step: int = 0, warmup: int = 10, maxnorm_s: float | None = None,
-                 maxnorm: float | None = None, detach_target: bool = False):
+                 maxnorm: float | None = None, detach_target: bool = False, **loss_options: Any):
         if not sigma > 0:
             raise UserError(f"--sigma must be positive for SmoothMix, got {sigma}")
         if not _is_int(num_noise_vec) or num_noise_vec < 1:
@@ -114,6 +119,9 @@ class SmoothMix:
         self.maxnorm = None if maxnorm is None else float(maxnorm)
         self.detach_target = bool(detach_target)
         self.steps_per_batch = num_noise_vec
+        if loss_options.get("unimix"):
+            raise UserError("--unimix does not combine with --objective smoothmix")
+        self.label_loss = LabelLoss(**loss_options)
 
     def clean_radius(self, epoch: int) -> float:
         """The ℓ2 radius around x that x̃ is projected into: maxnorm_s (default step·mix_step) × w_e."""
@@ -167,7 +175,7 @@ class SmoothMix:
 
         logits_c = model(torch.cat([x_tilde + d for d in noises]))
         soft = smoothed_softmax(logits_c, m)
-        ce = F.cross_entropy(logits_c, y.repeat(m))
+        ce = self.label_loss(logits_c, y.repeat(m))
 
         lam = torch.rand(len(x), device=x.device, dtype=x.dtype) / 2
         x_mix, y_mix = self_mixup(x_tilde, x_adv, soft, lam)
@@ -192,4 +200,4 @@ class SmoothMix:
         return {"sigma": self.sigma, "num_noise_vec": self.num_noise_vec, "num_steps": self.num_steps,
                 "step_size": self.step_size, "eta": self.eta, "mix_step": self.mix_step,
                 "warmup": self.warmup, "maxnorm_s": self.maxnorm_s, "maxnorm": self.maxnorm,
-                "detach_target": self.detach_target}
+                "detach_target": self.detach_target, **self.label_loss.params()}
