@@ -147,6 +147,10 @@ def test_samplers_draw_classes_as_specified():
     w = cdb_example_weights(targets, counts, torch.tensor([0.2, 0.8]), tau=1.0)
     class_mass = torch.stack([w[targets == c].sum() for c in range(2)])
     torch.testing.assert_close(class_mass / class_mass.sum(), torch.tensor([0.2, 0.8], dtype=torch.float64))
+    floored = cdb_example_weights(targets, counts, torch.tensor([0.0, 0.5]), tau=1.0, floor=0.1)
+    mass = torch.stack([floored[targets == c].sum() for c in range(2)])
+    torch.testing.assert_close(mass / mass.sum(), torch.tensor([1 / 6, 5 / 6], dtype=torch.float64))
+    assert cdb_example_weights(targets, counts, torch.tensor([0.0, 0.5]), tau=1.0)[0] == 0  # the paper
     cb = class_balanced_example_weights(targets, counts, beta=0.5)
     assert cb[0].item() == pytest.approx(0.5 / (1 - 0.5 ** 6)) and cb[-1].item() == pytest.approx(0.5 / 0.75)
 

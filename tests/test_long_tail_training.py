@@ -73,6 +73,9 @@ def test_every_state_resumes_exactly(lt_fmnist, tmp_path):
     assert state["objective"]["absgd"]["log_u"] is not None  # the second stage ran
     assert len(state["sampling"]["difficulty"]) == 10
     assert state["objective"]["reweighting"]["difficulty"] == state["sampling"]["difficulty"]
+    last = straight.training["history"][-1]  # the log shows what steers the next epoch
+    assert last["sampler_difficulty"] == [round(d, 4) for d in state["sampling"]["difficulty"]]
+    assert last["cdb_difficulty"] == last["sampler_difficulty"]
 
 
 def test_drw_changes_training_only_from_its_epoch(lt_fmnist, tmp_path):

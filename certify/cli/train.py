@@ -58,6 +58,7 @@ RECIPE_KEYS: dict[str, tuple[str, str]] = {
     "imbalance": ("config", "imbalance"), "imbalance_profile": ("config", "imbalance_profile"),
     "imbalance_seed": ("config", "imbalance_seed"), "balanced_val": ("config", "balanced_val"),
     "sampler": ("config", "sampler"), "sampler_tau": ("config", "sampler_tau"),
+    "sampler_floor": ("config", "sampler_floor"),
     "absgd_lambda": ("config", "absgd_lambda"), "absgd_init_lambda": ("config", "absgd_init_lambda"),
     "absgd_lambda_epoch": ("config", "absgd_lambda_epoch"), "absgd_gamma": ("config", "absgd_gamma"),
     "absgd_alpha": ("config", "absgd_alpha"),
@@ -300,6 +301,9 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
                    "cdb (CDB-S, classes ∝ validation difficulty^τ; needs --balanced-val).")
 @click.option("--sampler-tau", default="dynamic", show_default=True, metavar="TAU|dynamic",
               help="CDB-S: exponent τ (a number, dynamic or dynamic-imagenet).")
+@click.option("--sampler-floor", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="CDB-S: floor on the difficulty, so a class perfect on validation is still drawn "
+                   "(0: the paper's rule).")
 @click.option("--susceptibility", type=click.IntRange(min=0), default=0, show_default=True,
               help="Log the susceptibility ζ each epoch, on N held-out images with random labels "
                    "(the paper: 128; 0: off).")
@@ -393,6 +397,7 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
         imbalance=values["imbalance"], imbalance_profile=values["imbalance_profile"],
         imbalance_seed=values["imbalance_seed"], balanced_val=values["balanced_val"],
         sampler=values["sampler"], sampler_tau=values["sampler_tau"],
+        sampler_floor=values["sampler_floor"],
         absgd_lambda=values["absgd_lambda"], absgd_init_lambda=values["absgd_init_lambda"],
         absgd_lambda_epoch=values["absgd_lambda_epoch"], absgd_gamma=values["absgd_gamma"],
         absgd_alpha=values["absgd_alpha"],

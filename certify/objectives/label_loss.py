@@ -187,6 +187,13 @@ class LabelLoss:
 
     # -- resume and record ---------------------------------------------------------------------
 
+    def epoch_metrics(self) -> dict[str, Any]:
+        """CDB-W's difficulty after the epoch: it sets the next epoch's class weights."""
+        d = self.reweighting.difficulty
+        if self.reweighting.rule != "cdb" or d is None:
+            return {}
+        return {"cdb_difficulty": [round(v, 4) for v in d.tolist()]}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly: CALS's outer-loop state, CDB's
         difficulty, ABSGD's running normalizer."""

@@ -80,6 +80,7 @@ class TrainConfig:
     balanced_val: int = 0  # hold out N images per class before the imbalance (CDB's 25)
     sampler: str = "none"  # "class-balanced" (LDAM's Resample) or "cdb" (CDB-S), with replacement
     sampler_tau: str = "dynamic"  # CDB-S exponent τ: a number, "dynamic" or "dynamic-imagenet"
+    sampler_floor: float = 0.0  # CDB-S floor on the difficulty (0: the paper's rule)
     absgd_lambda: float = 1.0  # ABSGD λ of the second stage (< 0: down-weight hard examples)
     absgd_init_lambda: float = 10.0  # λ of the first stage (≥ 200: plain SGD)
     absgd_lambda_epoch: int = 160  # epoch at which λ switches
@@ -116,6 +117,8 @@ class TrainConfig:
             raise UserError("--val-count and --susceptibility must be ≥ 0")
         if self.sampler == "cdb" and not self.balanced_val and not self.val_count:
             raise UserError("--sampler cdb samples by validation difficulty: pass --balanced-val N")
+        if not 0 <= self.sampler_floor <= 1:
+            raise UserError(f"--sampler-floor must be in [0, 1], got {self.sampler_floor}")
         if not 0 <= self.cosine_start < self.epochs:
             raise UserError(f"--cosine-start must be in [0, epochs), got {self.cosine_start}")
 
@@ -226,6 +229,7 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
             test = evaluate(plain, test_set, objective.certification(), device, config.seed)
             test |= memorization(plain, data, device)
             metrics = {"epoch": epoch + 1, "lr": lr, **scheduled, **zeta, **_averages(sums),
+                       **weighting.metrics(), **_objective_metrics(objective),
                        "seconds": round(seconds, 2),
                        "images_per_s": round(sums["images"] / seconds, 1), **test,
                        "eval_seconds": round(time.perf_counter() - t1, 2)}
@@ -303,6 +307,11 @@ def _bind_objective(objective: Any, config: TrainConfig, data: TrainingData) -> 
         except ValueError as err:
             raise UserError(str(err)) from None
         objective.set_example_weighting(absgd)
+
+
+def _objective_metrics(objective: Any) -> dict[str, Any]:
+    label_loss = getattr(objective, "label_loss", None)
+    return label_loss.epoch_metrics() if label_loss is not None else {}
 
 
 def _objective_state(objective: Any) -> dict[str, Any]:

@@ -32,9 +32,10 @@ def class_balanced_example_weights(targets: Tensor, counts: Tensor, beta: float 
 
 
 def cdb_example_weights(targets: Tensor, counts: Tensor, difficulty: Tensor,
-                        tau: str | float = "dynamic") -> Tensor:
-    """d_{y_i}^τ / n_{y_i} per image, so that class c is drawn with probability ∝ d_c^τ."""
-    d = difficulty.to(torch.float64)
+                        tau: str | float = "dynamic", floor: float = 0.0) -> Tensor:
+    """d_{y_i}^τ / n_{y_i} per image, so that class c is drawn with probability ∝ d_c^τ; ``floor``
+    on d keeps a class that was perfect on validation in the draw (0: as the paper)."""
+    d = difficulty.to(torch.float64).clamp(min=floor)
     per_class = d.pow(cdb_tau(d, tau)) / counts.to(torch.float64).clamp(min=1)
     if not per_class[counts > 0].sum() > 0:  # every class perfect on validation: draw uniformly
         per_class = 1.0 / counts.to(torch.float64).clamp(min=1)
@@ -47,6 +48,7 @@ class ExampleSampling:
     def __init__(self, config: Any, data: TrainingData, num_classes: int):
         self.rule = config.sampler
         self.tau: str | float = _tau(config.sampler_tau)
+        self.floor = float(config.sampler_floor)
         self.num_classes = num_classes
         self.targets = training_targets(data) if self.rule != "none" else None
         self.counts = torch.as_tensor(data.class_counts)
@@ -56,12 +58,18 @@ class ExampleSampling:
         if self.rule == "class-balanced":
             return class_balanced_example_weights(self.targets, self.counts)
         if self.rule == "cdb":
-            return cdb_example_weights(self.targets, self.counts, self.difficulty, self.tau)
+            return cdb_example_weights(self.targets, self.counts, self.difficulty, self.tau, self.floor)
         return None
 
     def after_epoch(self, model: nn.Module, validation: Any, device: torch.device) -> None:
         if self.rule == "cdb":
             self.difficulty = class_difficulty(model, validation, self.num_classes, device)
+
+    def metrics(self) -> dict[str, Any]:
+        """What the epoch's log records: CDB-S's difficulty, which steers the next epoch's draws."""
+        if self.rule != "cdb":
+            return {}
+        return {"sampler_difficulty": [round(d, 4) for d in self.difficulty.tolist()]}
 
     def state_dict(self) -> dict[str, Any]:
         return {"difficulty": self.difficulty.tolist()} if self.rule == "cdb" else {}

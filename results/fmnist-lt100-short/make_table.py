@@ -34,7 +34,8 @@ def load(seed_dir: Path, name: str) -> dict | None:
 def cell(values: list[float], baseline: list[float] | None = None) -> str:
     """mean (± sd over seeds); with a baseline, the mean difference and how many seeds beat it."""
     mean = statistics.fmean(values)
-    text = f"{mean:.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0
+    text = f"{mean:.3f}" + (f" ± {sd:.3f}" if len(values) > 1 else "")
     if baseline is not None:
         diff = [v - b for v, b in zip(values, baseline)]
         wins = sum(d > 0 for d in diff)

@@ -9,9 +9,11 @@ src, dst = Path(sys.argv[1]) / "final", Path(sys.argv[2])
 suffix = sys.argv[3] if len(sys.argv) > 3 else ""
 groups = {"models-a": ["ce", "ldam-drw", "vs", "bayias", "bayias-unimix"],
           "models-b": ["cdb-w", "cdb-s", "absgd", "absgd-drw"],
-          "models-c": ["gauss-ce", "gauss-ldam-drw", "gauss-vs", "gauss-bayias-unimix"]}
+          "models-c": ["gauss-ce", "gauss-ldam-drw", "gauss-vs", "gauss-bayias-unimix"],
+          "models-d": ["cdb-w-floor", "cdb-s-floor"]}
 for archive, names in groups.items():
-    with tarfile.open(dst / f"{archive}{suffix}.tar", "w") as tar:
-        for name in names:
-            if (src / f"{name}.pt").exists():
+    present = [name for name in names if (src / f"{name}.pt").exists()]
+    if present:  # no empty archives: only 8 files come back
+        with tarfile.open(dst / f"{archive}{suffix}.tar", "w") as tar:
+            for name in present:
                 tar.add(src / f"{name}.pt", arcname=f"{name}.pt")

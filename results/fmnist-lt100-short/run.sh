@@ -9,7 +9,8 @@
 # default 24 = the recipe's lr drop), N (smoothing samples, default 10000), SKIP (certify every
 # SKIP-th test image, default 10), JOBS (trainings at once, default 5), DEVICE (default cuda if
 # present), DATA (the Fashion-MNIST directory, default: the loader's own search), SEED (the
-# training seed, default 0; the long-tailed view is the same for every seed).
+# training seed, default 0; the long-tailed view is the same for every seed), ONLY (names of the
+# runs to do, default all).
 set -euo pipefail
 out=${1:?usage: run.sh OUTDIR}
 mkdir -p "$out"
@@ -33,6 +34,8 @@ runs=(
   "bayias-unimix --loss bayias --unimix"
   "cdb-w --reweight cdb"
   "cdb-s --sampler cdb"
+  "cdb-w-floor --reweight cdb --cdb-floor 0.05"
+  "cdb-s-floor --sampler cdb --sampler-floor 0.05"
   "absgd --optimizer absgd --absgd-lambda 5 --absgd-init-lambda 200 --absgd-gamma 0.7 --absgd-lambda-epoch $DRW"
   "absgd-drw --optimizer absgd --absgd-lambda 5 --absgd-init-lambda 200 --absgd-gamma 0.7 --absgd-lambda-epoch $DRW --reweight drw --drw-epoch $DRW"
   "gauss-ce --objective gaussian --sigma 0.25"
@@ -41,6 +44,7 @@ runs=(
   "gauss-bayias-unimix --objective gaussian --sigma 0.25 --loss bayias --unimix"
 )
 for spec in "${runs[@]}"; do
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" ${spec%% *} "* ]]; then continue; fi
   # shellcheck disable=SC2086
   train $spec &
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
