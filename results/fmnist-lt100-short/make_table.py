@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 METHODS = [("ce", "CE (baseline)"), ("ce-ladc", "CE + LADC (post-hoc)"), ("ldam-drw", "LDAM-DRW"),
            ("vs", "VS (γ 0.3, τ 1)"), ("bayias", "Bayias"), ("bayias-unimix", "Bayias + UniMix"),
            ("cdb-w", "CDB-W (dynamic τ)"), ("cdb-s", "CDB-S (dynamic τ)"),
+           ("cdb-s-rerun", "CDB-S, second run of the same command"),
+           ("cdb-w-floor", "CDB-W, difficulty floor 0.05"), ("cdb-s-floor", "CDB-S, difficulty floor 0.05"),
            ("absgd", "ABSGD (λ 200 → 5)"), ("absgd-drw", "ABSGD + DRW")]
 CERTIFIED = [("gauss-ce", "Gaussian σ=0.25, CE"), ("gauss-ldam-drw", "Gaussian σ=0.25, LDAM-DRW"),
              ("gauss-vs", "Gaussian σ=0.25, VS"), ("gauss-bayias-unimix", "Gaussian σ=0.25, Bayias + UniMix")]
@@ -52,8 +54,8 @@ def main() -> None:
              "± sd over seeds; in brackets the mean difference to CE of the same seed and in how "
              "many seeds the method beat CE. Shot groups by training images: many > 1195 "
              "(classes 0–3), medium 239–1195 (4–6), few < 239 (7–9).", "",
-             "| method | balanced acc | few-shot acc | medium-shot | many-shot | ECE (15 bins) |",
-             "|---|---|---|---|---|---|"]
+             "| method | balanced acc | per seed | few-shot acc | medium-shot | many-shot | ECE (15 bins) |",
+             "|---|---|---|---|---|---|---|"]
     for name, label in METHODS:
         runs = rows[name]
         if any(r is None for r in runs):
@@ -62,7 +64,8 @@ def main() -> None:
         shot = {g: [r["shots"][g]["accuracy"] for r in runs] for g in ("few", "medium", "many")}
         base = None if name == "ce" else ([r["balanced_accuracy"] for r in ce],
                                            [r["shots"]["few"]["accuracy"] for r in ce])
-        lines.append(f"| {label} | {cell(bal, base and base[0])} | {cell(shot['few'], base and base[1])} "
+        lines.append(f"| {label} | {cell(bal, base and base[0])} | {' / '.join(f'{b:.3f}' for b in bal)} "
+                     f"| {cell(shot['few'], base and base[1])} "
                      f"| {cell(shot['medium'])} | {cell(shot['many'])} | "
                      f"{cell([r['ece'] for r in runs])} |")
     lines += ["", "Certified (randomized smoothing, N = 10,000, α = 0.001, every 5th test image: "
