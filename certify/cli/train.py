@@ -1,5 +1,6 @@
 """``certify train``: train a model for certification: a smoothing base classifier (Gaussian
-augmentation or SmoothMix) or an ℓ∞-distance net (the v2 mixture loss, the v1 hinge, the hybrid CE).
+augmentation or SmoothMix) or an ℓ∞-distance net (the v2 mixture loss, the v1 hinge, the hybrid CE),
+on balanced, long-tailed or noisy-label data.
 
 Recipes (``certify/recipes/*.toml``) are published settings kept as data: ``--recipe NAME`` fills in
 every option the user did not type, so an explicit flag always beats the recipe, which beats the
@@ -366,6 +367,10 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
     from a recipe (--list-recipes). The checkpoint records the architecture, data, normalization,
     certificate and this command line; OUT.jsonl gets one line of metrics per epoch.
 
+    Long-tailed data: --imbalance RHO (with --balanced-val N for CDB) and the methods --loss ldam /
+    vs / bayias, --reweight cb / drw / cdb, --sampler, --unimix, --optimizer absgd; they compose
+    with the classify, gaussian and smoothmix objectives (start from --recipe fmnist-lt100-short).
+
     Under 'torchrun --nproc_per_node=K' (one process per GPU, or CPU processes with gloo) the same
     command trains data-parallel: each process takes --batch images per step (global batch K×batch),
     rank 0 evaluates, logs and writes OUT.
@@ -376,6 +381,7 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
       certify train --recipe fmnist-smoothmix-s0.5-short --out sm.pt
       certify train --recipe cifar10-smoothmix-s0.5 --data-dir ~/cifar --out c.pt
       certify train --recipe fmnist-linf-v2-short --out linf.pt
+      certify train --recipe fmnist-lt100-short --loss ldam --reweight drw --drw-epoch 24 --out lt.pt
       torchrun --nproc_per_node=4 -m certify.cli train --recipe cifar10-gaussian-s0.5 --batch 64 \\
           --data-dir ~/cifar --out c.pt
     """
