@@ -135,3 +135,22 @@ def test_cli_trains_ldam_drw_and_rejects_bad_flags(lt_fmnist, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error:") for line in err)
     assert "--vs-gamma does not apply to --objective linf_mixture" in err[1]
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_the_view_works_on_the_other_datasets(tmp_path, dataset):
+    from certify.data import load_dataset
+    from certify.training.views import prepare_training_data
+    from datafactory import write_cifar10_dataset
+
+    root = tmp_path / dataset
+    if dataset == "cifar10":
+        write_cifar10_dataset(root, n_per_batch=40)  # 200 images: 20 per class
+    else:
+        write_idx_dataset(root, n_train=200, n_test=10)
+    split = load_dataset(dataset, "train", data_dir=str(root))
+    data = prepare_training_data(split, dataset, 10, "none", 0, None, 0, imbalance=10.0, balanced_val=2)
+    assert data.class_counts == long_tail_counts(18, 10, 10)
+    assert torch.bincount(training_targets(data), minlength=10).tolist() == data.class_counts
+    assert torch.bincount(torch.tensor([split.targets[i] for i in data.validation.indices]),
+                          minlength=10).tolist() == [2] * 10

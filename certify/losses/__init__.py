@@ -1,11 +1,14 @@
-"""Loss functions on logits for noisy labels and calibration (spec ``imbalance_noise.md`` §4, §6, §9).
+"""Loss functions on logits for noisy labels, calibration and long-tailed data (spec
+``imbalance_noise.md``).
 
-These are plain functions and ``nn.Module`` wrappers; the objectives that put them in the trainer
-come later. Each module holds one method:
+These are plain functions and ``nn.Module`` wrappers; ``certify.objectives.label_loss`` puts them in
+the trainer. Each module holds one method:
 
 - :mod:`certify.losses.alpha_loss`: α-loss, the tunable family between CE, exponential and 0-1 loss.
 - :mod:`certify.losses.logit_clip`: LogitClip, bounding the logit norm around any loss.
 - :mod:`certify.losses.cals`: CALS, class-wise augmented-Lagrangian logit-margin penalty.
+- :mod:`certify.losses.long_tail`: LDAM margins, class-balanced weights, VS, Bayias, CDB weights.
+- :mod:`certify.losses.absgd`: ABSGD's attentional per-example weights.
 """
 
 from certify.losses.alpha_loss import AlphaLoss, alpha_loss

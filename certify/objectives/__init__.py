@@ -28,7 +28,11 @@ class Objective(Protocol):
     ``steps_per_batch``: the trainer splits each loader batch into this many equal chunks and takes
     one optimizer step per chunk (SmoothMix's reference does m steps per batch; most objectives: 1).
     Optional ``schedule(model, step, steps_per_epoch) -> dict`` is called before every loader batch
-    (global step from 0) for per-minibatch schedules such as the ℓ∞ nets' p.
+    (global step from 0) for per-minibatch schedules such as the ℓ∞ nets' p. Objectives with a
+    ``label_loss`` (classify, gaussian, smoothmix) also get ``set_class_counts(counts)`` once the
+    data is prepared, ``set_example_weighting(absgd)`` for ``--optimizer absgd``,
+    ``start_epoch(epoch)`` before and ``after_epoch(model, validation, epoch, device)`` after
+    every epoch, and ``state_dict`` / ``load_state_dict`` for resuming.
     """
 
     name: str
