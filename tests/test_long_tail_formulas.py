@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from certify.data.long_tail import long_tail_counts, long_tail_split
 from certify.losses.absgd import ABSGDWeighting
 from certify.losses.long_tail import (bayias_logits, cdb_tau, cdb_weights, class_balanced_weights,
-                                      ldam_logits, ldam_margins, vs_logits, weighted_mean)
+                                      ldam_logits, ldam_margins, vs_logits)
 from certify.objectives.label_loss import LabelLoss
 from certify.objectives.unimix import MixedTargets, UniMix, unimix_factor, unimix_partners
 from certify.training.sampling import cdb_example_weights, class_balanced_example_weights
@@ -242,15 +242,20 @@ def test_unimix_partners_favour_the_tail_and_the_loss_mixes_both_labels():
     expected = (0.25 * F.cross_entropy(z[:1], torch.tensor([0])) + 0.75 * F.cross_entropy(z[:1], torch.tensor([1]))
                 + F.cross_entropy(z[1:2], torch.tensor([0])) + F.cross_entropy(z[2:], torch.tensor([1]))) / 3
     torch.testing.assert_close(loss(z, mixed), expected)
+    # with class weights each label's loss carries its own class's weight
+    weighted = LabelLoss("ce", unimix=True, reweight="cb", cb_beta=0.5, weight_reduction="mean")
+    weighted.set_class_counts([2, 1])
+    weighted.start_epoch(0)
+    w = class_balanced_weights([2, 1], 0.5)  # (2/3, 4/3)
+    half = MixedTargets(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]))
+    zz = torch.tensor([[0.0, 5.0]])
+    ce0, ce1 = F.cross_entropy(zz, torch.tensor([0])), F.cross_entropy(zz, torch.tensor([1]))
+    torch.testing.assert_close(weighted(zz, half), 0.5 * w[0] * ce0 + 0.5 * w[1] * ce1)
+    weighted.reweighting.reduction = "weighted"
+    torch.testing.assert_close(weighted(zz, half), (0.5 * w[0] * ce0 + 0.5 * w[1] * ce1) / (0.5 * w[0] + 0.5 * w[1]))
     x = torch.stack([torch.zeros(2), torch.ones(2)])
     xm, targets = loss.mix(x, y)
     lam = targets.lam.view(-1, 1)
     torch.testing.assert_close(xm, lam * x + (1 - lam) * x[torch.where(targets.y_b == y, torch.arange(2),
                                                                            1 - torch.arange(2))])
 
-
-def test_weighted_mean_is_pytorch_weighted_cross_entropy():
-    z, y = torch.randn(5, 3, generator=torch.Generator().manual_seed(6)), torch.tensor([0, 1, 2, 2, 0])
-    w = torch.tensor([0.2, 1.0, 3.0])
-    torch.testing.assert_close(weighted_mean(F.cross_entropy(z, y, reduction="none"), w[y]),
-                               F.cross_entropy(z, y, weight=w))

@@ -106,7 +106,8 @@ def test_gaussian_and_smoothmix_compose_with_the_long_tailed_losses(lt_fmnist, t
 @pytest.mark.parametrize("changes, message", [
     ({"objective_params": {"reweight": "cdb"}, "balanced_val": 0}, "--balanced-val"),
     ({"sampler": "cdb", "balanced_val": 0}, "--balanced-val"),
-    ({"val_count": 8}, "choose one"),
+    ({"val_count": 8}, "--balanced-val N"),
+    ({"objective_params": {"loss": "cals"}, "balanced_val": 0}, "pass --balanced-val"),
     ({"train_count": 50}, "--train-count"),
     ({"imbalance": 1000.0}, "no training image"),
     ({"objective": "linf_mixture", "objective_params": {"eps_train": 0.1, "eps_test": 0.1},
@@ -148,9 +149,13 @@ def test_the_view_works_on_the_other_datasets(tmp_path, dataset):
         write_cifar10_dataset(root, n_per_batch=40)  # 200 images: 20 per class
     else:
         write_idx_dataset(root, n_train=200, n_test=10)
-    split = load_dataset(dataset, "train", data_dir=str(root))
+    split = load_dataset(dataset, "train", data_dir=str(root), augment=True)
     data = prepare_training_data(split, dataset, 10, "none", 0, None, 0, imbalance=10.0, balanced_val=2)
     assert data.class_counts == long_tail_counts(18, 10, 10)
     assert torch.bincount(training_targets(data), minlength=10).tolist() == data.class_counts
     assert torch.bincount(torch.tensor([split.targets[i] for i in data.validation.indices]),
                           minlength=10).tolist() == [2] * 10
+    # CDB measures difficulty on the images as they are, not on random crops and flips
+    first = data.validation.indices[0]
+    assert torch.equal(data.validation[0][0], split.data[first].float() / 255)
+    assert (split.transform is not None) == (dataset == "cifar10")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["as_counts", "ldam_margins", "ldam_logits", "class_balanced_weights", "vs_logits",
-           "bayias_logits", "cdb_tau", "cdb_weights", "weighted_mean"]
+           "bayias_logits", "cdb_tau", "cdb_weights"]
 
 
 def as_counts(counts: Sequence[int] | Tensor) -> Tensor:
@@ -87,7 +87,3 @@ def cdb_weights(difficulty: Tensor, tau: float, floor: float = 0.0) -> Tensor:
         return torch.ones(len(d))
     return (w / w.sum() * len(d)).float()
 
-
-def weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
-    """Σ w_i ℓ_i / Σ w_i: what ``F.cross_entropy(weight=w)`` returns with reduction "mean"."""
-    return (weights * losses).sum() / weights.sum()

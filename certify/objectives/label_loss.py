@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from certify.errors import UserError
 from certify.losses import CALSMultipliers, alpha_loss, clip_logits
 from certify.losses.absgd import ABSGDWeighting
-from certify.losses.long_tail import bayias_logits, ldam_logits, ldam_margins, vs_logits, weighted_mean
+from certify.losses.long_tail import bayias_logits, ldam_logits, ldam_margins, vs_logits
 from certify.objectives.reweighting import ClassReweighting, class_difficulty
 from certify.objectives.unimix import MixedTargets, UniMix
 
@@ -61,6 +61,8 @@ class LabelLoss:
             raise UserError(f"--cals-margin must be positive, got {cals_margin}")
         if not (ldam_max_m > 0 and ldam_s > 0):
             raise UserError(f"--ldam-max-m and --ldam-s must be positive, got {ldam_max_m}, {ldam_s}")
+        if not 0 <= cdb_floor <= 1:
+            raise UserError(f"--cdb-floor must be in [0, 1], got {cdb_floor}")
         if loss == "cals" and (reweight != "none" or unimix):
             raise UserError("--loss cals does not combine with --reweight or --unimix")
         if isinstance(cdb_tau, str) and cdb_tau not in ("dynamic", "dynamic-imagenet"):
@@ -146,22 +148,24 @@ class LabelLoss:
                 self.cals = CALSMultipliers(logits.shape[1], margin=self.cals_margin)
             return self.cals.loss(logits, targets)
         weights = self.reweighting.current
+        # A mixed batch is λ·(label a) + (1 − λ)·(label b), each label with its own class weight.
         if isinstance(targets, MixedTargets):
             lam = targets.lam.to(logits.dtype)
-            losses = (lam * self.per_example(logits, targets.y_a)
-                      + (1 - lam) * self.per_example(logits, targets.y_b))
-            w = None if weights is None else (lam * weights.to(logits)[targets.y_a]
-                                             + (1 - lam) * weights.to(logits)[targets.y_b])
+            parts = [(lam, targets.y_a), (1 - lam, targets.y_b)]
         else:
-            losses = self.per_example(logits, targets)
-            w = None if weights is None else weights.to(logits)[targets]
+            parts = [(None, targets)]
+        losses = mass = 0
+        for coef, y in parts:
+            w = None if weights is None else weights.to(logits)[y]
+            term = self.per_example(logits, y) if w is None else w * self.per_example(logits, y)
+            losses = losses + (term if coef is None else coef * term)
+            if w is not None:
+                mass = mass + (w if coef is None else coef * w)
         if self.absgd is not None:  # ABSGD re-weights the class-weighted per-example losses
-            return self.absgd.reduce(losses if w is None else w * losses)
-        if w is None:
-            return losses.mean()
-        if self.reweighting.reduction == "weighted":
-            return weighted_mean(losses, w)
-        return (w * losses).mean()
+            return self.absgd.reduce(losses)
+        if weights is not None and self.reweighting.reduction == "weighted":
+            return losses.sum() / mass.sum()  # F.cross_entropy(weight=)'s mean, per mixed label
+        return losses.mean()
 
     @torch.no_grad()
     def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
@@ -170,9 +174,8 @@ class LabelLoss:
         if not self.needs_validation():
             return
         if validation is None:
-            flag = "--val-count N" if self.loss == "cals" else "--balanced-val N (per class)"
             raise UserError(f"--loss {self.loss} / --reweight {self.reweighting.rule} needs a "
-                            f"validation split: pass {flag}")
+                            f"validation split: pass --val-count N or --balanced-val N")
         from torch.utils.data import DataLoader
 
         if self.reweighting.needs_validation:

@@ -138,8 +138,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command
     log_path = Path(log_path) if log_path is not None else None
     if log_path is not None and log_path.resolve() == out.resolve():
         raise UserError(f"the JSON-lines log and the checkpoint are both {out}: choose another --log")
-    if config.objective_params.get("loss") == "ldam":  # LDAM always trains a cosine head (§1)
-        config.arch_kwargs.setdefault("cosine_head", True)
+    if config.objective_params.get("loss") == "ldam" and "cosine_head" not in config.arch_kwargs:
+        config.arch_kwargs = {**config.arch_kwargs, "cosine_head": True}  # LDAM's head (§1), recorded
     objective = make_objective(config.objective, **config.objective_params)
     dist_info, device = distributed.init_from_env(config.device)
     try:
@@ -183,8 +183,9 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
     test_set = _first(test_set, config.eval_count)
     probe = Susceptibility(data.validation if data.validation is not None else test_set,
                            config.susceptibility, info.num_classes, config.seed, device)
-    if dist_info.enabled and config.sampler != "none":
-        raise UserError(f"--sampler {config.sampler} is not supported under torchrun yet")
+    if dist_info.enabled and (config.sampler != "none" or config.optimizer == "absgd"):
+        raise UserError("--sampler and --optimizer absgd are not supported under torchrun yet (each "
+                        "process would keep its own draws or normalizer)")
     sampler = distributed.train_sampler(train_set, dist_info, config.seed) if dist_info.enabled else None
     weighting = ExampleSampling(config, data, info.num_classes)
     steps_per_epoch = len(_loader(train_set, config, 0, sampler))
@@ -293,11 +294,12 @@ def _bind_objective(objective: Any, config: TrainConfig, data: TrainingData) -> 
     if label_loss is None:
         if config.optimizer == "absgd":
             raise UserError(f"--optimizer absgd re-weights per-example losses: use --objective "
-                            f"classify or gaussian, not {config.objective}")
+                            f"classify, gaussian or smoothmix, not {config.objective}")
         return
     objective.set_class_counts(data.class_counts)
     if label_loss.needs_validation() and data.validation is None:
-        flag = "--val-count N" if label_loss.loss == "cals" else "--balanced-val N (per class)"
+        flag = ("--val-count N" if label_loss.loss == "cals" and config.imbalance == 1
+                and not config.balanced_val else "--balanced-val N (per class)")
         raise UserError(f"--loss {label_loss.loss} / --reweight {label_loss.reweighting.rule} needs "
                         f"a validation split: pass {flag}")
     if config.optimizer == "absgd":
@@ -434,7 +436,8 @@ def evaluate(model: nn.Module, dataset: Any, certification: dict[str, Any], devi
 
             certified += (hits & (lipschitz_radii(model, logits) >= linf_eps)).sum().item()
         total += len(y)
-    metrics = {"test_acc": round(clean / total, 5),  # balanced: the mean recall over classes present
+    metrics = {"test_acc": round(clean / total, 5),
+               # balanced: the mean recall over the classes present
                "test_balanced_acc": round((class_hits / class_total)[class_total > 0].mean().item(), 5)}
     if sigma:
         metrics["test_noisy_acc"] = round(noisy / total, 5)

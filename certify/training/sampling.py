@@ -35,8 +35,8 @@ def cdb_example_weights(targets: Tensor, counts: Tensor, difficulty: Tensor,
                         tau: str | float = "dynamic", floor: float = 0.0) -> Tensor:
     """d_{y_i}^τ / n_{y_i} per image, so that class c is drawn with probability ∝ d_c^τ; ``floor``
     on d keeps a class that was perfect on validation in the draw (0: as the paper)."""
-    d = difficulty.to(torch.float64).clamp(min=floor)
-    per_class = d.pow(cdb_tau(d, tau)) / counts.to(torch.float64).clamp(min=1)
+    d = difficulty.to(torch.float64)
+    per_class = d.clamp(min=floor).pow(cdb_tau(d, tau)) / counts.to(torch.float64).clamp(min=1)
     if not per_class[counts > 0].sum() > 0:  # every class perfect on validation: draw uniformly
         per_class = 1.0 / counts.to(torch.float64).clamp(min=1)
     return per_class[targets]

@@ -8,6 +8,7 @@ clean labels are kept only to measure how much of the noise the model memorizes.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,8 @@ def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_
     long_tail = None
     if imbalance != 1.0 or balanced_val:
         if val_count:
-            raise UserError("--val-count and --balanced-val are two ways to hold out a validation "
-                            "split: choose one")
+            raise UserError("--val-count does not combine with --imbalance or --balanced-val: hold "
+                            "out a validation split per class with --balanced-val N")
         if train_count is not None:
             raise UserError("--train-count does not combine with --imbalance or --balanced-val "
                             "(the long-tailed view fixes the training images)")
@@ -94,16 +95,26 @@ def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_
         keep = total - val_count if train_count is None else min(train_count, total - val_count)
         indices = indices[:keep]
         validation_indices = torch.arange(total - val_count, total)
-    validation = Subset(train_set, validation_indices.tolist()) if len(validation_indices) else None
+    plain = _without_augmentation(train_set)  # validation and memorization see the images as they are
+    validation = Subset(plain, validation_indices.tolist()) if len(validation_indices) else None
     train = train_set if len(indices) == total else Subset(train_set, indices.tolist())
     targets = torch.as_tensor(train_set.targets)[indices]
     data = TrainingData(train, validation, record, long_tail=long_tail,
                         class_counts=torch.bincount(targets, minlength=num_classes).tolist())
     if flipped_all is not None:
         inside = flipped_all[torch.isin(flipped_all, indices)]
-        data.flipped = Subset(train_set, inside.tolist())
+        data.flipped = Subset(plain, inside.tolist())
         data.clean_targets = clean[inside]
     return data
+
+
+def _without_augmentation(dataset: Any) -> Any:
+    """The same images and (possibly noisy) labels without the training transform."""
+    if getattr(dataset, "transform", None) is None:
+        return dataset
+    plain = copy.copy(dataset)
+    plain.transform = None
+    return plain
 
 
 def training_targets(data: TrainingData) -> Tensor:

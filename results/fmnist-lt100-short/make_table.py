@@ -69,7 +69,7 @@ def main() -> None:
                      f"| {cell(shot['medium'])} | {cell(shot['many'])} | "
                      f"{cell([r['ece'] for r in runs])} |")
     lines += ["", "Certified (randomized smoothing, N = 10,000, α = 0.001, every 5th test image: "
-              "2,000 images, 200 per class). Certified accuracy at ℓ2 radius r; few-shot = mean "
+              "2,000 images, 195–207 per class). Certified accuracy at ℓ2 radius r; few-shot = mean "
               "over classes 7–9.", "",
               "| model | clean acc (base) | cert. acc r=0 | r=0.25 | r=0.5 | few-shot r=0.25 | ACR |",
               "|---|---|---|---|---|---|---|"]
