@@ -256,3 +256,32 @@ def test_eval_errors(case, lt_checkpoint, fake_fmnist, tmp_path, capsys):
     captured = capsys.readouterr()
     assert expect in one_error_line(captured.err) and captured.out == ""
     assert not (tmp_path / "c.png").exists()
+
+
+# ------------------------------------------------------------------------------ certify plot --per-class
+
+def test_plot_per_class_compares_runs_class_by_class(lt_checkpoint, tmp_path, capsys):
+    side = {"dataset": "fashion-mnist", "norm": "l2"}
+    a = write_tsv(tmp_path / "a.tsv", sidecar=side)
+    b = write_tsv(tmp_path / "b.tsv", rows=[(0, 1, 1, 0.9, 1), (1, 4, 2, 0.0, 0)], sidecar=side)
+    out = tmp_path / "classes.png"
+    assert cli("plot", a, b, "--label", "A", "--label", "B", "--per-class", "--radii", "0,0.35",
+               "--counts-from", lt_checkpoint, "--out", out) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "| class | training images | A r=0 | B r=0 | A r=0.35 | B r=0.35 |"
+    rows = {line.split(" | ")[0][2:]: line for line in table[2:]}
+    # class 1 (Trouser): A certifies its one row at 0.4, B at 0.9; class 4 (Coat): A right at 0.1, B wrong
+    assert rows["Trouser"] == f"| Trouser | {FMNIST_LT_100[1]} | 1.000 | 1.000 | 1.000 | 1.000 |"
+    assert rows["Coat"] == f"| Coat | {FMNIST_LT_100[4]} | 1.000 | 0.000 | 0.000 | 0.000 |"
+    assert rows["Dress"].endswith("| 0.000 | nan | 0.000 | nan |")  # class 3: wrong in A, absent in B
+    assert rows["Sandal"].endswith("| nan | nan | nan | nan |")  # class 5: in neither
+    assert out.stat().st_size > 0
+
+
+def test_plot_per_class_errors(lt_checkpoint, tmp_path, capsys):
+    bare = write_tsv(tmp_path / "bare.tsv")  # no sidecar: no dataset to name the classes
+    assert cli("plot", bare, "--per-class", "--out", tmp_path / "x.png") == 2
+    assert "sidecars" in one_error_line(capsys.readouterr().err)
+    good = write_tsv(tmp_path / "good.tsv", sidecar={"dataset": "fashion-mnist"})
+    assert cli("plot", good, "--counts-from", lt_checkpoint, "--out", tmp_path / "y.png") == 2
+    assert "--per-class" in one_error_line(capsys.readouterr().err)
