@@ -37,8 +37,12 @@ def quiet(_line):
     pass
 
 
-def test_the_view_is_recorded_and_the_test_split_stays_balanced(lt_fmnist, tmp_path):
+def test_the_view_is_recorded_and_the_test_split_stays_balanced(lt_fmnist, tmp_path, capsys):
     ckpt = train(config(lt_fmnist, epochs=1), tmp_path / "m.pt", progress=False, log=quiet)
+    assert cli("info", tmp_path / "m.pt") == 0
+    shown = capsys.readouterr().out
+    assert "long-tailed view  ρ=10 (exp), 4 per class held out, seed 0" in shown
+    assert "training images   36 27 21 16 12 10 7 6 4 3 (per class)" in shown
     expected = long_tail_counts(36, 10, 10)
     assert ckpt.training["class_counts"] == expected
     assert ckpt.training["long_tail"] == {"imbalance": 10.0, "profile": "exp", "seed": 0,

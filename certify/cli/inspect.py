@@ -27,6 +27,7 @@ def info_command(checkpoint: Path, dataset: str | None, sigma: float | None) -> 
         ("certification", ", ".join(f"{k}={v}" for k, v in ckpt.certification.items())),
         ("trained", f"{ckpt.epoch} epochs of {config.get('epochs', '?')}, objective "
                     f"{config.get('objective', '?')}"),
+        *_long_tail_rows(ckpt.training),
         ("metrics", ", ".join(f"{k}={v}" for k, v in ckpt.metrics.items())),
         ("command", ckpt.command or "(not recorded)"),
         ("sha256", ckpt.sha256),
@@ -34,6 +35,20 @@ def info_command(checkpoint: Path, dataset: str | None, sigma: float | None) -> 
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
+
+
+def _long_tail_rows(training: dict) -> list[tuple[str, str]]:
+    """The data view and the post-hoc step, for checkpoints that have them."""
+    rows = []
+    view = training.get("long_tail")
+    if view:
+        rows.append(("long-tailed view", f"ρ={view['imbalance']:g} ({view['profile']}), "
+                                         f"{view['balanced_val']} per class held out, seed {view['seed']}"))
+    if training.get("class_counts"):
+        rows.append(("training images", " ".join(map(str, training["class_counts"])) + " (per class)"))
+    if training.get("ladc"):
+        rows.append(("post-hoc", f"LADC, K={training['ladc'].get('k')}"))
+    return rows
 
 
 COMMANDS = [info_command]
