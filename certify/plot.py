@@ -18,7 +18,7 @@ from certify.fsutil import atomic_writer  # noqa: E402
 from certify.results import Results, check_writable  # noqa: E402
 from certify.summary import check_norm, largest_radius  # noqa: E402
 
-__all__ = ["plot_certified_accuracy", "plot_per_class_certified", "GRID_POINTS"]
+__all__ = ["plot_certified_accuracy", "plot_per_class_certified", "plot_format", "GRID_POINTS"]
 
 GRID_POINTS = 400  # grid intervals between 0 and max_radius
 _MIN_MAX_RADIUS = 0.01  # x range when nothing was certified beyond radius 0
@@ -44,12 +44,7 @@ def plot_certified_accuracy(
     The file is written atomically and its path returned.
     """
     out = Path(out_path)
-    fmt = _FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise UserError(
-            f"cannot write plot {out}: unsupported extension {out.suffix or '(none)'!r}; "
-            "use .png or .pdf"
-        )
+    fmt = plot_format(out)
     check_norm(norm)
     if len(labels) != len(results_list):
         raise ValueError(f"{len(results_list)} results but {len(labels)} labels")
@@ -76,22 +71,14 @@ def plot_certified_accuracy(
         if len(results_list):
             ax.legend(loc="upper right")
         fig.tight_layout()
-        save_kwargs: dict[str, object] = {"format": fmt}
-        if fmt == "png":
-            save_kwargs["dpi"] = 200
-        else:
-            save_kwargs["metadata"] = {"CreationDate": None}  # same input -> same bytes
-        try:
-            with atomic_writer(out, "wb") as f:
-                fig.savefig(f, **save_kwargs)
-        except OSError as e:
-            raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        _save(fig, out, fmt)
     finally:
         plt.close(fig)
     return out
 
 
-def _plot_format(out: Path) -> str:
+def plot_format(out: Path) -> str:
+    """The figure format of ``out`` from its extension; anything but .png/.pdf is a user error."""
     fmt = _FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise UserError(
@@ -133,7 +120,7 @@ def plot_per_class_certified(
     training count below when ``class_counts`` is given. Written atomically to .png or .pdf.
     """
     out = Path(out_path)
-    fmt = _plot_format(out)
+    fmt = plot_format(out)
     check_norm(norm)
     if len(labels) != len(curves):
         raise ValueError(f"{len(curves)} tables but {len(labels)} labels")

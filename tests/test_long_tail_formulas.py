@@ -151,8 +151,9 @@ def test_samplers_draw_classes_as_specified():
     mass = torch.stack([floored[targets == c].sum() for c in range(2)])
     torch.testing.assert_close(mass / mass.sum(), torch.tensor([1 / 6, 5 / 6], dtype=torch.float64))
     assert cdb_example_weights(targets, counts, torch.tensor([0.0, 0.5]), tau=1.0)[0] == 0  # the paper
-    cb = class_balanced_example_weights(targets, counts, beta=0.5)
-    assert cb[0].item() == pytest.approx(0.5 / (1 - 0.5 ** 6)) and cb[-1].item() == pytest.approx(0.5 / 0.75)
+    cb = class_balanced_example_weights(targets, counts, beta=0.5)  # ∝ (1 − β)/(1 − β^n)
+    assert (cb[:6] == cb[0]).all() and (cb[6:] == cb[-1]).all()
+    assert (cb[0] / cb[-1]).item() == pytest.approx((0.5 / (1 - 0.5 ** 6)) / (0.5 / 0.75))
 
 
 # -- ABSGD (§2) ---------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def eval_command(checkpoint: Path, split: str, k: int, diagram: Path | None, jso
                                     format_certified_report, format_report, predict_probabilities,
                                     report)
     from certify.fsutil import atomic_write_text
+    from certify.plot import plot_format
     from certify.results import check_writable, read_results, read_sidecar, sidecar_path
     from certify.summary import check_norm
 
@@ -92,9 +93,7 @@ def eval_command(checkpoint: Path, split: str, k: int, diagram: Path | None, jso
             raise UserError("--radius sets the columns of the per-class certified accuracy: it needs "
                             "--results TSV")
     if class_plot is not None:
-        if class_plot.suffix.lower() not in (".png", ".pdf"):
-            raise UserError(f"cannot write plot {class_plot}: unsupported extension "
-                            f"{class_plot.suffix or '(none)'!r}; use .png or .pdf")
+        plot_format(class_plot)
         check_writable(class_plot)
     if many is not None and few is not None and few > many:
         raise UserError(f"--few ({few:g}) must not exceed --many ({many:g})")

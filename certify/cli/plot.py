@@ -66,16 +66,12 @@ def plot_command(results: tuple[Path, ...], out: Path, labels: tuple[str, ...],
     norm = norms.pop()
     if per_class:
         table = _per_class(results, runs, names, radii, norm, counts_from, out, title)
-        click.echo(table, nl=False)
-        if table_out is not None:
-            atomic_write_text(table_out, table)
-        click.echo(f"wrote {out}" + (f" and {table_out}" if table_out else ""), err=True)
-        return
-    if counts_from is not None:
+    elif counts_from is not None:
         raise UserError("--counts-from labels the classes of --per-class: add --per-class")
-    columns = _parse_radii(radii) if radii else default_radii(runs, norm)
-    plot_certified_accuracy(runs, names, out, max_radius=max_radius, norm=norm, title=title)
-    table = summary_table(runs, names, columns)
+    else:
+        columns = _parse_radii(radii) if radii else default_radii(runs, norm)
+        plot_certified_accuracy(runs, names, out, max_radius=max_radius, norm=norm, title=title)
+        table = summary_table(runs, names, columns)
     click.echo(table, nl=False)
     if table_out is not None:
         atomic_write_text(table_out, table)

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from certify.errors import UserError
+
 __all__ = ["as_counts", "ldam_margins", "ldam_logits", "class_balanced_weights", "vs_logits",
-           "bayias_logits", "cdb_tau", "cdb_weights"]
+           "bayias_logits", "parse_cdb_tau", "cdb_tau", "cdb_weights"]
 
 
 def as_counts(counts: Sequence[int] | Tensor) -> Tensor:
@@ -63,6 +65,19 @@ def bayias_logits(logits: Tensor, counts: Sequence[int] | Tensor) -> Tensor:
     """z + log π_train − log π_test with a uniform test prior: z + log π_j + log C."""
     n = as_counts(counts)
     return logits + (torch.log(n / n.sum()) + math.log(len(n))).to(logits)
+
+
+TAU_RULES = ("dynamic", "dynamic-imagenet")
+
+
+def parse_cdb_tau(value: str | float, flag: str) -> str | float:
+    """A CDB τ as given on the command line: a number, or one of :data:`TAU_RULES`."""
+    if isinstance(value, (int, float)) or value in TAU_RULES:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"{flag} must be a number, dynamic or dynamic-imagenet, got {value!r}") from None
 
 
 def cdb_tau(difficulty: Tensor, rule: str | float = "dynamic") -> float:

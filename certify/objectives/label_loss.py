@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from certify.errors import UserError
 from certify.losses import CALSMultipliers, alpha_loss, clip_logits
 from certify.losses.absgd import ABSGDWeighting
-from certify.losses.long_tail import bayias_logits, ldam_logits, ldam_margins, vs_logits
+from certify.losses.long_tail import (bayias_logits, ldam_logits, ldam_margins, parse_cdb_tau,
+                                      vs_logits)
 from certify.objectives.reweighting import ClassReweighting, class_difficulty
 from certify.objectives.unimix import MixedTargets, UniMix
 
@@ -65,12 +66,7 @@ class LabelLoss:
             raise UserError(f"--cdb-floor must be in [0, 1], got {cdb_floor}")
         if loss == "cals" and (reweight != "none" or unimix):
             raise UserError("--loss cals does not combine with --reweight or --unimix")
-        if isinstance(cdb_tau, str) and cdb_tau not in ("dynamic", "dynamic-imagenet"):
-            try:
-                cdb_tau = float(cdb_tau)
-            except ValueError:
-                raise UserError(f"--cdb-tau must be a number, dynamic or dynamic-imagenet, "
-                                f"got {cdb_tau!r}") from None
+        cdb_tau = parse_cdb_tau(cdb_tau, "--cdb-tau")
         self.loss, self.label_smoothing, self.alpha = loss, float(label_smoothing), float(alpha)
         self.logit_clip = None if logit_clip is None else float(logit_clip)
         self.logit_clip_p, self.cals_margin = float(logit_clip_p), float(cals_margin)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from certify.losses.long_tail import cdb_tau
+from certify.losses.long_tail import cdb_tau, class_balanced_weights, parse_cdb_tau
 from certify.objectives.reweighting import class_difficulty
 from certify.training.views import TrainingData, training_targets
 
@@ -25,10 +25,9 @@ CB_BETA = 0.9999
 
 
 def class_balanced_example_weights(targets: Tensor, counts: Tensor, beta: float = CB_BETA) -> Tensor:
-    """(1 − β)/(1 − β^n_{y_i}) per image: rarer classes are drawn more often."""
-    n = counts.to(torch.float64)
-    per_class = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
-    return per_class[targets]
+    """∝ (1 − β)/(1 − β^n_{y_i}) per image: rarer classes are drawn more often (a sampler needs the
+    weights only up to a constant, so the loss's normalized class weights serve)."""
+    return class_balanced_weights(counts, beta).double()[targets]
 
 
 def cdb_example_weights(targets: Tensor, counts: Tensor, difficulty: Tensor,
@@ -47,7 +46,7 @@ class ExampleSampling:
 
     def __init__(self, config: Any, data: TrainingData, num_classes: int):
         self.rule = config.sampler
-        self.tau: str | float = _tau(config.sampler_tau)
+        self.tau: str | float = parse_cdb_tau(config.sampler_tau, "--sampler-tau")
         self.floor = float(config.sampler_floor)
         self.num_classes = num_classes
         self.targets = training_targets(data) if self.rule != "none" else None
@@ -78,13 +77,3 @@ class ExampleSampling:
         if "difficulty" in state:
             self.difficulty = torch.tensor(state["difficulty"])
 
-
-def _tau(text: str | float) -> str | float:
-    from certify.errors import UserError
-
-    if isinstance(text, (int, float)) or text in ("dynamic", "dynamic-imagenet"):
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"--sampler-tau must be a number, dynamic or dynamic-imagenet, got {text!r}") from None
