@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,8 +41,10 @@ HEADER: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time
 # Sidecar keys that legitimately differ between shards of one run; merge ignores them.
 PER_RUN_SIDECAR_KEYS: frozenset[str] = frozenset(
     {"wall_time", "shard", "started", "finished", "hostname", "device", "seconds", "command",
-     "examples", "complete", "torch", "python"}
+     "examples", "complete", "torch", "python", "estimation_samples", "selection_samples"}
 )
+# Per-run totals that the merged sidecar sums over the shards.
+SUMMED_SIDECAR_KEYS: tuple[str, ...] = ("examples", "estimation_samples", "selection_samples")
 
 # str(datetime.timedelta): "H:MM:SS", "H:MM:SS.ffffff", optionally prefixed by "N day(s), ".
 _TIMEDELTA_RE = re.compile(r"^(?:(-?\d+) days?, )?(\d+):([0-5]\d):([0-5]\d(?:\.\d*)?)$")
@@ -63,6 +65,7 @@ class Results:
     correct: np.ndarray
     time: np.ndarray
     path: Path | None = None
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # a method's extra numeric columns
 
     def __len__(self) -> int:
         return int(self.idx.shape[0])
@@ -193,7 +196,8 @@ def _parse(text: str, path: Path, allow_partial_last: bool) -> _Parsed:
     col = {name: header_fields.index(name) for name in HEADER}
     width = len(header_fields)
 
-    values: dict[str, list[Any]] = {name: [] for name in HEADER}
+    extra = [h for h in header_fields if h not in HEADER]
+    values: dict[str, list[Any]] = {name: [] for name in (*HEADER, *extra)}
     lines: list[str] = []
     first_line_of_idx: dict[int, int] = {}
     last_lineno = len(raw)
@@ -223,6 +227,8 @@ def _parse(text: str, path: Path, allow_partial_last: bool) -> _Parsed:
                 raise UserError(
                     f"{path}:{lineno}: malformed row: bad {name} value {field!r}"
                 ) from None
+        for name in extra:
+            values[name].append(fields[header_fields.index(name)].strip())
         i = values["idx"][-1]
         if i in first_line_of_idx:
             raise UserError(
@@ -233,8 +239,16 @@ def _parse(text: str, path: Path, allow_partial_last: bool) -> _Parsed:
     return _Parsed(header_line, header_fields, lines, values)
 
 
+def _numeric(texts: list[str]) -> np.ndarray | None:
+    try:
+        return np.asarray([float(t) for t in texts], dtype=np.float64)
+    except ValueError:
+        return None
+
+
 def _to_results(parsed: _Parsed, path: Path | None) -> Results:
     v = parsed.values
+    extra = {name: _numeric(v[name]) for name in v if name not in HEADER}
     return Results(
         idx=np.asarray(v["idx"], dtype=np.int64),
         label=np.asarray(v["label"], dtype=np.int64),
@@ -243,6 +257,7 @@ def _to_results(parsed: _Parsed, path: Path | None) -> Results:
         correct=np.asarray(v["correct"], dtype=np.int64),
         time=np.asarray(v["time"], dtype=np.float64),
         path=path,
+        columns={name: column for name, column in extra.items() if column is not None},
     )
 
 
@@ -301,8 +316,10 @@ class ResultWriter:
     the caller can skip them. A missing file is simply started fresh.
     """
 
-    def __init__(self, path: str | os.PathLike[str], resume: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], resume: bool = False,
+                 columns: Sequence[str] = ()) -> None:
         self.path = Path(path)
+        self.header = (*HEADER, *columns)
         self.done: set[int] = set()
         check_writable(self.path)
         try:
@@ -315,7 +332,7 @@ class ResultWriter:
 
     def _open_fresh(self) -> IO[str]:
         f = open(self.path, "w", encoding="utf-8", newline="")
-        f.write("\t".join(HEADER) + "\n")
+        f.write("\t".join(self.header) + "\n")
         f.flush()
         return f
 
@@ -331,9 +348,9 @@ class ResultWriter:
         except UnicodeDecodeError:
             raise UserError(f"{self.path}: not a text results file; cannot resume it") from None
         first = text.split("\n", 1)[0].rstrip("\r")
-        if tuple(h.strip() for h in first.split("\t")) != HEADER:
+        if tuple(h.strip() for h in first.split("\t")) != self.header:
             raise UserError(
-                f"{self.path}:1: header is not {' '.join(HEADER)}; cannot resume this file "
+                f"{self.path}:1: header is not {' '.join(self.header)}; cannot resume this file "
                 "(start a new results file instead)"
             )
         parsed = _parse(text, self.path, allow_partial_last=False)
@@ -345,9 +362,10 @@ class ResultWriter:
         return open(self.path, "a", encoding="utf-8", newline="")
 
     def write(
-        self, idx: int, label: int, predict: int, radius: float, correct: int | bool, seconds: float
+        self, idx: int, label: int, predict: int, radius: float, correct: int | bool, seconds: float,
+        **extra: Any,
     ) -> None:
-        """Append one row and flush it to the OS."""
+        """Append one row and flush it to the OS; ``extra`` gives the values of the extra columns."""
         if self._file.closed:
             raise ValueError(f"ResultWriter for {self.path} is closed")
         idx = int(idx)
@@ -355,7 +373,9 @@ class ResultWriter:
             raise ValueError(f"idx {idx} is already in {self.path}")
         line = (
             f"{idx}\t{int(label)}\t{int(predict)}\t{_format_radius(radius)}\t{int(correct)}"
-            f"\t{float(seconds):.4f}\n"
+            f"\t{float(seconds):.4f}"
+            + "".join(f"\t{extra[name]}" for name in self.header[len(HEADER):])
+            + "\n"
         )
         try:
             self._file.write(line)
@@ -478,8 +498,9 @@ def _merge_sidecars(paths: list[Path]) -> dict[str, Any] | None:
     merged.pop("shard", None)
     merged["merged_from"] = [str(p) for p in paths]
     shards = [car for _, car in cars]
-    if all("examples" in car for car in shards):
-        merged["examples"] = sum(int(car["examples"]) for car in shards)
+    for key in SUMMED_SIDECAR_KEYS:
+        if all(key in car for car in shards):
+            merged[key] = sum(int(car[key]) for car in shards)
     if all("wall_time" in car for car in shards):
         merged["wall_time"] = round(sum(float(car["wall_time"]) for car in shards), 3)
     if any("complete" in car for car in shards):
@@ -511,7 +532,7 @@ def merge_results(
     header_from: Path | None = None
     owner: dict[int, Path] = {}
     lines: list[str] = []
-    values: dict[str, list[Any]] = {name: [] for name in HEADER}
+    values: dict[str, list[Any]] = {}
     for p in shard_paths:
         parsed = _parse(_read_text(p), p, allow_partial_last=False)
         if header_line is None:
@@ -523,8 +544,8 @@ def merge_results(
                 raise UserError(f"idx {i} appears in both {owner[i]} and {p}")
             owner[i] = p
         lines.extend(parsed.lines)
-        for name in HEADER:
-            values[name].extend(parsed.values[name])
+        for name, column in parsed.values.items():
+            values.setdefault(name, []).extend(column)
     assert header_line is not None
 
     order = sorted(range(len(lines)), key=values["idx"].__getitem__)

@@ -18,15 +18,20 @@ from typing import Any
 import torch
 
 import certify
-from certify.certifiers import CertifyOptions, make_certifier
 from certify.checkpoint import load_checkpoint
 from certify.errors import UserError
-from certify.results import ResultWriter, check_writable, read_sidecar, write_sidecar
+from certify.methods import CertificationMethod, RunContext, default_method, make_method
+from certify.results import (ResultWriter, check_writable, read_results, read_sidecar,
+                             write_sidecar)
 
-# Sidecar keys that must match for --resume to continue a file (the rest may differ between sessions).
-# The noise stream can depend on --batch and the device type, so those must match too.
+# Sidecar keys that must match for --resume to continue a file, whatever the method (each method adds
+# its own resume_keys); the rest may differ between sessions.
 RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "skip", "count", "shard", "certifier",
-               "norm", "sigma", "n0", "n", "alpha", "precision", "seed", "batch", "device_type", "bound")
+               "method", "norm", "seed", "device_type")
+
+
+class ResumeMismatch(UserError):
+    """--resume found a file made with other settings (callers may start afresh instead)."""
 
 
 @dataclass
@@ -44,7 +49,9 @@ class RunSpec:
     dataset: str | None = None
     sigma: float | None = None
     data_dir: Path | None = None
-    options: CertifyOptions = field(default_factory=CertifyOptions)
+    method: str | None = None  # None: the checkpoint kind's default method
+    options: dict[str, Any] = field(default_factory=dict)  # the method's options; unset → default
+    context: RunContext = field(default_factory=RunContext)
     command: str = ""
 
 
@@ -77,75 +84,77 @@ def run_certification(spec: RunSpec, progress: bool = True) -> Path:
         raise UserError(f"{out} exists: pass --resume to continue it, --force to overwrite it, "
                         f"or choose another --out")
     ckpt = load_checkpoint(spec.checkpoint, dataset=spec.dataset, sigma=spec.sigma)
-    opts = spec.options
-    model = ckpt.build_model(opts.device)
+    ctx = spec.context
+    model = ckpt.build_model(ctx.device)
+    method = make_method(ckpt, model, spec.method, spec.options, ctx)
     data = load_dataset(ckpt.dataset, spec.split, data_dir=spec.data_dir)
     indices = select_indices(len(data), spec.skip, spec.count, spec.shard)
-    certifier = make_certifier(ckpt, model, opts)
 
     sidecar = {
         "toolkit": f"certify {certify.__version__}", "command": spec.command,
         "checkpoint": str(spec.checkpoint), "checkpoint_sha256": ckpt.sha256,
         "dataset": ckpt.dataset, "split": spec.split, "skip": spec.skip, "count": spec.count,
         "shard": f"{spec.shard[0]}/{spec.shard[1]}" if spec.shard else None,
-        "examples": len(indices), **certifier.describe(),
-        "device": _device_name(opts.device), "device_type": opts.device.type,
+        "examples": len(indices), **method.describe(),
+        "device": _device_name(ctx.device), "device_type": ctx.device.type,
         "hostname": socket.gethostname(),
         "torch": torch.__version__, "python": platform.python_version(),
     }
     previous = read_sidecar(out) if spec.resume and out.exists() else None
     if spec.resume and out.exists() and previous is None:
-        raise UserError(f"cannot --resume {out}: its sidecar {out}.json is missing, so its settings are "
-                        f"unknown; use --force to start it afresh, or another --out")
+        raise ResumeMismatch(f"cannot --resume {out}: its sidecar {out}.json is missing, so its "
+                             f"settings are unknown; use --force to start it afresh, or another --out")
     if previous is not None:
-        changed = [k for k in RESUME_KEYS if previous.get(k) != sidecar.get(k)]
+        if "method" not in previous:  # written before methods had names: its kind's default
+            previous["method"] = default_method(str(previous.get("certifier"))).name
+        changed = [k for k in (*RESUME_KEYS, *method.resume_keys)
+                   if previous.get(k) != sidecar.get(k)]
         if changed:
-            raise UserError(f"cannot --resume {out}: it was made with different settings "
-                            f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)})")
+            raise ResumeMismatch(f"cannot --resume {out}: it was made with different settings "
+                                 f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)})")
     sidecar["started"] = (previous or {}).get("started") or _now()
     sidecar["complete"] = False
     earlier_wall = float((previous or {}).get("wall_time", 0.0))
 
     start = time.perf_counter()
-    with ResultWriter(out, resume=spec.resume) as writer:
+    with ResultWriter(out, resume=spec.resume, columns=method.columns) as writer:
         todo = [i for i in indices if i not in writer.done]
         if not todo and previous is not None and previous.get("complete"):
             return out  # a finished run: leave its sidecar as it was
         write_sidecar(out, sidecar)
-        _certify_rows(certifier, data, todo, writer, progress)
-    sidecar.update(complete=True, finished=_now(),
+        _certify_rows(method, data, todo, writer, progress)
+    extra = read_results(out).columns
+    sidecar.update(complete=True, finished=_now(), **method.totals(extra),
                    wall_time=round(earlier_wall + time.perf_counter() - start, 3))
     write_sidecar(out, sidecar)
     return out
 
 
-def _certify_rows(certifier: Any, data: Any, todo: list[int], writer: ResultWriter,
+def _certify_rows(method: CertificationMethod, data: Any, todo: list[int], writer: ResultWriter,
                   progress: bool) -> None:
+    """Stream the examples through the method and write each row as it comes (in ``todo`` order)."""
     from tqdm import tqdm
 
+    labels: dict[int, int] = {}
+
+    def examples():
+        for idx in todo:
+            x, labels[idx] = data[idx]
+            yield idx, x
+
     correct = abstained = done = 0
-    batched = hasattr(certifier, "certify_batch")
-    step = certifier.options.batch_size if batched else 1
-    with tqdm(total=len(todo), unit="img", desc="certify", disable=not progress,
+    with tqdm(total=len(todo), unit="img", desc=f"certify ({method.name})", disable=not progress,
               dynamic_ncols=True) as bar:
-        for start in range(0, len(todo), step):
-            chunk = todo[start:start + step]
-            items = [data[idx] for idx in chunk]
-            t0 = time.perf_counter()
-            if batched:
-                rows = certifier.certify_batch(torch.stack([x for x, _ in items]), chunk)
-            else:
-                rows = [certifier.certify(items[0][0], chunk[0])]
-            seconds = (time.perf_counter() - t0) / len(chunk)  # a batch's time, shared evenly
-            for idx, (_, label), (prediction, radius) in zip(chunk, items, rows, strict=True):
-                hit = int(prediction == label)
-                writer.write(idx, label, prediction, radius, hit, seconds)
-                correct += hit
-                abstained += prediction < 0
-                done += 1
+        for idx, row in zip(todo, method.certify_stream(examples()), strict=True):
+            label = labels.pop(idx)
+            hit = int(row.prediction == label)
+            writer.write(idx, label, row.prediction, row.radius, hit, row.seconds, **row.extra)
+            correct += hit
+            abstained += row.prediction < 0
+            done += 1
             bar.set_postfix(acc=f"{correct / done:.3f}", abstain=f"{abstained / done:.1%}",
                             refresh=False)
-            bar.update(len(chunk))
+            bar.update(1)
 
 
 def _device_name(device: torch.device) -> str:

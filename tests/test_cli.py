@@ -55,23 +55,23 @@ def test_resume_after_interruption_gives_the_same_rows(small_checkpoint, fake_fm
     full, part = tmp_path / "full.tsv", tmp_path / "part.tsv"
     assert cli(*run_args(small_checkpoint, full, fake_fmnist)) == 0
 
-    from certify.smoothing.certifier import SmoothingCertifier
+    from certify.smoothing import Smooth
 
-    original = SmoothingCertifier.certify
+    original = Smooth.certify
     calls = {"n": 0}
 
-    def interrupted(self, x, idx):
+    def interrupted(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original(self, x, idx)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(SmoothingCertifier, "certify", interrupted)
+    monkeypatch.setattr(Smooth, "certify", interrupted)
     assert cli(*run_args(small_checkpoint, part, fake_fmnist)) == 130
     assert len(read_results(part)) == 4
     with open(part, "a") as f:
         f.write("4\t3\t")  # and a torn last line, as a crash mid-write leaves
-    monkeypatch.setattr(SmoothingCertifier, "certify", original)
+    monkeypatch.setattr(Smooth, "certify", original)
     assert cli(*run_args(small_checkpoint, part, fake_fmnist, "--resume")) == 0
     assert rows_without_time(part) == rows_without_time(full)
     assert read_sidecar(part)["complete"] is True

@@ -22,30 +22,58 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None):
     return index, parts
 
 
-@click.command("run")
+def _method_options(command):
+    """One click option per method option (generated from the registry; the CLI names no method)."""
+    from certify.methods import METHODS, all_options
+
+    for name, (option, methods) in reversed(all_options().items()):
+        if option.kind == "floats":
+            kind = click.STRING
+        elif option.choices:
+            kind = click.Choice(option.choices)
+        else:
+            kind = {int: click.INT, float: click.FLOAT}.get(option.kind, click.STRING)
+        default = "see help" if option.default is None else option.default
+        where = "all methods" if len(methods) == len(METHODS) else ", ".join(methods)
+        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
+                               help=f"{option.help} [{where}; default: {default}]")(command)
+    return command
+
+
+def _methods_epilog() -> str:
+    from certify.methods import METHODS
+
+    width = max(len(name) for name in METHODS)
+    lines = [f"  {m.name:<{width}}  [{', '.join(m.kinds)}] {m.summary}" for m in METHODS.values()]
+    return "\b\nMethods (--method):\n" + "\n".join(lines)
+
+
+def _method_names() -> list[str]:
+    from certify.methods import METHODS
+
+    return list(METHODS)
+
+
+@click.command("run", epilog=_methods_epilog())
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Results TSV (idx label predict radius correct time), one row per example, plus "
-                   "OUT.json with the settings.")
+              help="Results TSV (idx label predict radius correct time, then the method's own "
+                   "columns), one row per example, plus OUT.json with the settings.")
+@click.option("--method", "-m", type=click.Choice(_method_names()), default=None,
+              help="How to certify (listed below). Default: the first that accepts the checkpoint: "
+                   "cohen for smoothing, linf-bounds for ℓ∞-dist nets.")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--skip", type=click.IntRange(min=1), default=1, show_default=True,
               help="Certify every K-th example (index 0, K, 2K, ...). The papers use 20 on CIFAR-10.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Number of examples to certify (default: all selected).")
-@click.option("--n0", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Noise samples that select the class.")
-@click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Noise samples that estimate its probability. The largest certifiable radius is "
-                   "σ·Φ⁻¹(α^(1/N)): 3.81σ at 100000, 3.20σ at 10000, 2.46σ at 1000.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.001,
-              show_default=True, help="Failure probability of each certificate.")
+@_method_options
 @click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Noisy copies per forward pass. On the CPU the rows do not depend on it for the "
-                   "built-in datasets (inputs of a multiple of 16 values); on a GPU the noise stream "
-                   "does, so --resume and merge require the same value.")
+              help="Inputs per forward pass (noisy copies for smoothing, images for ℓ∞-dist nets). "
+                   "On the CPU cohen's rows do not depend on it for the built-in datasets (inputs of "
+                   "a multiple of 16 values); on a GPU cohen's noise stream does, so --resume and "
+                   "merge require the same value. sequential's rows never depend on it.")
 @seed_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True, help="dtype of the base classifier's forward; noise is always fp32.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted OUT without repeating a row.")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 @click.option("--shard", callback=_parse_shard, default=None, metavar="I/N",
@@ -55,44 +83,46 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--sigma", type=click.FloatRange(0, min_open=True), default=None,
               help="Noise level σ; required for reference checkpoints, otherwise overrides the "
                    "training σ recorded in the checkpoint.")
-@click.option("--bound", type=click.Choice(["auto", "lipschitz", "interval"]), default="auto",
-              show_default=True,
-              help="ℓ∞-dist checkpoints only: 'lipschitz' radius σ·margin/2 (pure net, one pass), "
-                   "'interval' bounds over the clipped pixel box (largest ε by bisection; the "
-                   "hybrid net's certificate), 'auto' the net's natural one.")
 @device_option
 @data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-def run_command(checkpoint: Path, out: Path, split: str, skip: int, count: int | None, n0: int, n: int,
-                alpha: float, batch: int, seed: int, precision: str, bound: str, resume: bool,
-                force: bool, shard: tuple[int, int] | None, dataset: str | None, sigma: float | None,
-                device: str, data_dir: str | None, quiet: bool) -> None:
+def run_command(checkpoint: Path, out: Path, method: str | None, split: str, skip: int,
+                count: int | None, batch: int, seed: int, resume: bool, force: bool,
+                shard: tuple[int, int] | None, dataset: str | None, sigma: float | None, device: str,
+                data_dir: str | None, quiet: bool, **method_options: object) -> None:
     """Certify CHECKPOINT on a dataset split: a prediction and a certified radius per example.
 
     The checkpoint knows its architecture, dataset, normalization and certificate, so no flag
-    repeats them. Smoothing models get an ℓ2 radius by Monte Carlo (--n0, --n, --alpha, --seed);
-    ℓ∞-dist nets get a deterministic ℓ∞ radius in batches of --batch images (--bound).
-    Rows are written and flushed one at a time; an interrupted run continues with --resume.
+    repeats them. Smoothing models get an ℓ2 radius by Monte Carlo: 'cohen' (the default) takes
+    --n samples per image as the reference does, 'sequential' stops each image as soon as the
+    radii in --radii are decided (a tenth of the samples, same guarantee). ℓ∞-dist nets get a
+    deterministic ℓ∞ radius in batches of --batch images (--bound). Each method refuses the
+    options of the others. Rows are written and flushed one at a time; an interrupted run
+    continues with --resume.
 
     \b
     Examples:
       certify run models/m.pt --out m.tsv --skip 20 --n 100000   # the papers' 500 CIFAR-10 images
+      certify run models/m.pt --out m.tsv --skip 20 --method sequential --radii 0.25,0.5,0.75
       certify run m.pt --out part0.tsv --shard 0/2 & certify run m.pt --out part1.tsv --shard 1/2
       certify merge part0.tsv part1.tsv --out m.tsv
       certify run models/fmnist-linf-v2-short.pt --out linf.tsv      # ℓ∞-dist net, all 10000
     """
-    from certify.certifiers import CertifyOptions
+    from certify.methods import OptionError, RunContext
     from certify.runner import RunSpec, run_certification
 
     if resume and force:
         raise UserError("--resume and --force contradict each other: choose one")
-    options = CertifyOptions(n0=n0, n=n, alpha=alpha, batch_size=batch, seed=seed,
-                             precision=precision, device=pick_device(device), bound=bound)
     spec = RunSpec(checkpoint=checkpoint, out=out, split=split, skip=skip, count=count, shard=shard,
                    resume=resume, force=force, dataset=dataset, sigma=sigma,
-                   data_dir=Path(data_dir) if data_dir else None, options=options,
+                   data_dir=Path(data_dir) if data_dir else None, method=method,
+                   options=method_options,
+                   context=RunContext(device=pick_device(device), batch_size=batch, seed=seed),
                    command=command_line())
-    run_certification(spec, progress=not quiet)
+    try:
+        run_certification(spec, progress=not quiet)
+    except OptionError as err:
+        raise UserError(f"--{err.option.replace('_', '-')}: {err.message}") from None
     if not quiet:
         _print_summary([out])
 

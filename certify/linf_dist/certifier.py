@@ -1,4 +1,5 @@
-"""Deterministic ℓ∞ certification of ℓ∞-distance nets, in pixel units.
+"""Deterministic ℓ∞ certificates of ℓ∞-distance nets, in pixel units (``certify run`` uses them
+through the ``linf-bounds`` method, ``certify/methods/linf_bounds.py``).
 
 Two certificates (``bound``):
 
@@ -13,13 +14,9 @@ Two certificates (``bound``):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from certify.certifiers import CertifyOptions
-from certify.errors import UserError
 from certify.linf_dist.layers import INF, set_p
 from certify.nets.normalize import NormalizeLayer
 
@@ -76,40 +73,3 @@ def interval_radii(model: nn.Module, x: Tensor, y: Tensor, iterations: int = 16)
 def _certified(model: nn.Module, x: Tensor, eps: Tensor, y: Tensor) -> Tensor:
     margins = interval_margins(model, x, eps, y).scatter(1, y[:, None], INF)
     return margins.amin(1) > 0
-
-
-class LinfDistCertifier:
-    """``certify run`` for ℓ∞-distance nets: deterministic, batched, no sampling."""
-
-    norm = "linf"
-
-    def __init__(self, model: nn.Module, options: CertifyOptions, bound: str = "auto"):
-        if bound not in BOUNDS:
-            raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
-        self.model = model.eval()
-        set_p(self.model, INF)  # a certificate holds only for the p = ∞ network
-        self.options = options
-        hybrid = not hasattr(split_model(model)[1], "logit_bounds")
-        self.bound = ("interval" if hybrid else "lipschitz") if bound == "auto" else bound
-        if hybrid and self.bound == "lipschitz":
-            raise UserError("the hybrid ℓ∞-dist net has an MLP head with no Lipschitz certificate: "
-                            "use --bound interval (or auto)")
-        self.std = input_std(model)
-
-    @torch.no_grad()
-    def certify_batch(self, x: Tensor, idx: list[int]) -> list[tuple[int, float]]:
-        x = x.to(self.options.device)
-        logits = self.model(x)
-        predictions = logits.argmax(1)
-        if self.bound == "lipschitz":
-            radii = lipschitz_radii(self.model, logits)
-        else:
-            radii = interval_radii(self.model, x, predictions)
-        return list(zip(predictions.tolist(), radii.clamp_min(0.0).tolist(), strict=True))
-
-    def certify(self, x: Tensor, idx: int) -> tuple[int, float]:
-        return self.certify_batch(x[None], [idx])[0]
-
-    def describe(self) -> dict[str, Any]:
-        return {"certifier": "linf_dist", "norm": self.norm, "bound": self.bound,
-                "batch": self.options.batch_size, "input_std": self.std}

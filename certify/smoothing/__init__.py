@@ -1,6 +1,7 @@
-"""Randomized smoothing: the ``Smooth`` classifier and its confidence bounds."""
+"""Randomized smoothing: ``Smooth`` (Cohen et al.), ``SequentialSmooth`` and their confidence bounds."""
 
 from certify.smoothing.bounds import gaussian_radius, lower_confidence_bound
 from certify.smoothing.core import Smooth
+from certify.smoothing.sequential import SequentialSmooth
 
-__all__ = ["Smooth", "gaussian_radius", "lower_confidence_bound"]
+__all__ = ["SequentialSmooth", "Smooth", "gaussian_radius", "lower_confidence_bound"]

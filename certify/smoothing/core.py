@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -51,8 +52,8 @@ class Smooth:
         :param x: one input (C, H, W) in pixel space, on the classifier's device
         :return: (class, radius), or (Smooth.ABSTAIN, 0.0)
         """
-        _check_counts(n0=n0, n=n, batch_size=batch_size)
-        _check_alpha(alpha)
+        n0, n, batch_size = check_counts(n0=n0, n=n, batch_size=batch_size)
+        check_alpha(alpha)
         self.base_classifier.eval()
         selection = self._count_votes(x, n0, batch_size, generator)
         estimation = self._count_votes(x, n, batch_size, generator)
@@ -69,8 +70,8 @@ class Smooth:
 
         With probability ≥ 1 − α the answer is ``ABSTAIN`` or g(x).
         """
-        _check_counts(n=n, batch_size=batch_size)
-        _check_alpha(alpha)
+        n, batch_size = check_counts(n=n, batch_size=batch_size)
+        check_alpha(alpha)
         self.base_classifier.eval()
         counts = self._count_votes(x, n, batch_size, generator)
         (count_1, count_2), (top_1, _) = (t.tolist() for t in counts.topk(2))
@@ -83,7 +84,7 @@ class Smooth:
         """Hard votes of f on ``num`` noisy copies of x, as an int64 tensor of class counts on x's device."""
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
         buffer = self._noise_buffer(x, min(batch_size, num))
-        autocast = _autocast(x.device, PRECISIONS[self.precision])
+        autocast = autocast_context(x.device, PRECISIONS[self.precision])
         with torch.inference_mode(), autocast:
             for start in range(0, num, batch_size):
                 noisy = buffer[: min(batch_size, num - start)]
@@ -104,18 +105,22 @@ class Smooth:
         return buf
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _check_counts(**counts: int) -> None:
+def check_counts(**counts: int) -> list[int]:
+    """The counts as Python ints (numpy integers accepted), or ValueError naming the first bad one."""
+    checked = []
     for name, value in counts.items():
-        if not (isinstance(value, int) and value >= 1):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        checked.append(int(value))
+    return checked
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
     if not (0.0 < alpha < 1.0) or math.isnan(alpha):
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")

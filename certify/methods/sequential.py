@@ -1,0 +1,73 @@
+"""``sequential``: randomized smoothing that stops sampling each image once more cannot help.
+
+The class is selected as in ``cohen``; the estimation samples then come in doubling rounds up to
+``n``, with a lower bound valid at level α whatever the round it stops at (``StoppingRule``). Images
+share forward batches, so small rounds keep the device busy. Rows add a ``samples`` column: the
+estimation samples that image took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from certify.methods.base import CertificationMethod, MethodOption, Row, example_generator
+from certify.methods.cohen import ALPHA, N0, PRECISION
+from certify.smoothing.sequential import SequentialSmooth
+
+
+class Sequential(CertificationMethod):
+    name = "sequential"
+    summary = ("doubling rounds up to --n, each image stopped once --radii are decided: about "
+               "a tenth of cohen's samples, same guarantee")
+    kinds = ("smoothing",)
+    norm = "l2"
+    options = (
+        N0,
+        MethodOption("n", 100_000, "The most estimation samples an image may take.", kind=int,
+                     at_least=1),
+        ALPHA,
+        PRECISION,
+        MethodOption("radii", None,
+                     "Radii whose certified accuracy matters, e.g. 0.25,0.5,0.75: an image stops once "
+                     "certified at the largest, or once the next is out of reach. Default: multiples "
+                     "of 0.25 up to the largest radius N samples can certify.", kind="floats"),
+        MethodOption("futility", 0.05,
+                     "Level of the test that gives up on the next radius. Stopping early only lowers "
+                     "a certificate, so this trades samples for certified accuracy, not validity.",
+                     above=0, below=1),
+        MethodOption("first_round", 512,
+                     "Estimation samples of the first round; each later round doubles the total.",
+                     kind=int, at_least=1),
+    )
+    resume_keys = ("sigma", "n0", "n", "alpha", "precision", "radii", "futility", "first_round")
+    columns = ("samples",)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        s = self.settings
+        self.sigma = float(self.ckpt.certification["sigma"])
+        self.smooth = SequentialSmooth(self.model, self.ckpt.num_classes, self.sigma,
+                                       radii=s["radii"], futility=s["futility"],
+                                       first_round=s["first_round"], precision=s["precision"])
+        self.rule = self.smooth.rule(s["n"], s["alpha"])
+
+    def certify_stream(self, examples: Iterable[tuple[int, torch.Tensor]]) -> Iterator[Row]:
+        s, ctx = self.settings, self.context
+        pairs = ((x.to(ctx.device), example_generator(ctx, idx)) for idx, x in examples)
+        for result in self.smooth.certify_stream(pairs, s["n0"], s["n"], s["alpha"], ctx.batch_size):
+            yield Row(result.prediction, result.radius, result.seconds, {"samples": result.samples})
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "radii": list(self.rule.radii), "sigma": self.sigma,
+                "rounds": list(self.rule.sizes), "batch": self.context.batch_size,
+                "seed": self.context.seed}
+
+    def totals(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        samples = columns["samples"]
+        return {"estimation_samples": int(samples.sum()),
+                "selection_samples": int(len(samples) * self.settings["n0"])}
+

@@ -1,0 +1,170 @@
+"""When sequential certification stops sampling an input, and the bound it reports there.
+
+The estimation samples come in rounds whose cumulative sizes n_1 < n_2 < ... < n_K = N double from
+``first_round``. After each round the Clopper-Pearson lower bound on p_A is taken at level α/K, so by
+the union bound all K bounds hold together with probability ≥ 1 − α: the bound at the round where the
+rule stops is valid at level α, whatever made it stop. (We measured this union bound against an
+anytime-valid beta-mixture confidence sequence, which would allow a check after every sample; with
+only K ≈ 9 checks the union bound is tighter: ``benchmarks/sequential_design.py``.)
+
+The rule stops as soon as more samples cannot change what was asked, the certified accuracy at the
+requested radii r_1 < ... < r_m (radius 0, i.e. not abstaining, is always the first target):
+
+- the largest requested radius is certified;
+- even if every remaining sample voted for the class, the bound at N could not reach the next radius;
+- futility: the upper confidence bound at level ``futility`` says p_A is below the next radius's
+  threshold Φ(r/σ). Stopping early can only lower a certificate, never inflate one, so this level
+  trades samples against certified accuracy and does not touch validity;
+- the last round (N samples) is done.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import beta, norm
+
+__all__ = ["StoppingRule", "cp_lower", "cp_upper", "default_radii", "overcertification_probability",
+           "round_sizes", "stopping_distribution"]
+
+
+def round_sizes(n: int, first_round: int = 512) -> tuple[int, ...]:
+    """Cumulative sample counts after each round: first_round·2^k while 1.5 times that fits in n, then n."""
+    sizes = []
+    size = first_round
+    while 1.5 * size <= n:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, n)
+
+
+def cp_lower(counts: np.ndarray | int, n: int, level: float) -> np.ndarray:
+    """One-sided (1 − level) Clopper-Pearson lower bound on p from ``counts`` successes in n trials."""
+    c = np.asarray(counts, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(level, c, n - c + 1)
+    return np.where(c > 0, bound, 0.0)
+
+
+def cp_upper(counts: np.ndarray | int, n: int, level: float) -> np.ndarray:
+    """One-sided (1 − level) Clopper-Pearson upper bound on p from ``counts`` successes in n trials."""
+    c = np.asarray(counts, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(1.0 - level, c + 1, n - c)
+    return np.where(c < n, bound, 1.0)
+
+
+def default_radii(sigma: float, n: int, alpha: float, step: float = 0.25) -> tuple[float, ...]:
+    """The summary table's radii that N samples can certify at level α: multiples of ``step`` up to
+    σ·Φ⁻¹(α^(1/N)), the radius of an input whose N votes all go to one class (≤ 12 of them: the step
+    doubles past that, as in the summary table)."""
+    largest = sigma * float(norm.ppf(alpha ** (1.0 / n)))
+    while largest / step > 12:
+        step *= 2
+    return tuple(round(k * step, 10) for k in range(1, int(largest / step + 1e-9) + 1))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the rule says after a round: stop or not, and the (level-α) lower bound on p_A there."""
+
+    stop: bool
+    p_lower: float
+
+
+class StoppingRule:
+    """The stop/continue decision of sequential certification for one (σ, α, N, radii) setting.
+
+    Decisions are monotone thresholds in the vote count, computed by vectorized numpy, so the same
+    code serves the certifier (one count at a time) and the exact validity check (every count).
+    """
+
+    def __init__(self, sigma: float, alpha: float, n: int, radii: Sequence[float],
+                 futility: float = 0.05, first_round: int = 512):
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if not 0.0 < futility < 1.0:
+            raise ValueError(f"futility must be in (0, 1), got {futility}")
+        if not (isinstance(first_round, int) and first_round >= 1):
+            raise ValueError(f"first_round must be a positive integer, got {first_round!r}")
+        if any(not (r > 0 and math.isfinite(r)) for r in radii):
+            raise ValueError(f"radii must be positive and finite, got {tuple(radii)}")
+        self.sigma, self.alpha, self.n, self.futility = float(sigma), float(alpha), int(n), futility
+        self.radii = tuple(sorted(set(float(r) for r in radii)))
+        self.sizes = round_sizes(self.n, first_round)
+        self.level = self.alpha / len(self.sizes)  # the union bound's share of α for each round
+        # p_A thresholds of the targets: 1/2 (not abstaining), then Φ(r/σ) for each requested radius
+        self.thresholds = np.concatenate([[0.5], norm.cdf(np.asarray(self.radii) / self.sigma)])
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def rounds(self) -> int:
+        return len(self.sizes)
+
+    def p_lower(self, stage: int, counts: np.ndarray | int) -> np.ndarray:
+        """The bound reported at ``stage`` (0-based): valid at level α jointly over all stages."""
+        return cp_lower(counts, self.sizes[stage], self.level)
+
+    def decision_table(self, stage: int) -> tuple[np.ndarray, np.ndarray]:
+        """``decide_all`` for every count 0..n_k of round ``stage``, computed once per rule."""
+        if stage not in self._tables:
+            self._tables[stage] = self.decide_all(stage, np.arange(self.sizes[stage] + 1))
+        return self._tables[stage]
+
+    def decide_all(self, stage: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(stop, p_lower) for each vote count of the predicted class after round ``stage``."""
+        counts = np.asarray(counts)
+        n_k = self.sizes[stage]
+        lower = self.p_lower(stage, counts)
+        if stage == self.rounds - 1:
+            return np.ones(counts.shape, dtype=bool), lower
+        # index of the next target not yet certified (len(thresholds): all are)
+        reached = np.searchsorted(self.thresholds, lower, side="right")
+        done = reached == len(self.thresholds)
+        target = self.thresholds[np.minimum(reached, len(self.thresholds) - 1)]
+        best_case = cp_lower(counts + (self.n - n_k), self.n, self.level)
+        hopeless = best_case < target
+        futile = cp_upper(counts, n_k, self.futility) < target
+        return done | hopeless | futile, lower
+
+    def decide(self, stage: int, count: int) -> Decision:
+        stop, lower = self.decide_all(stage, np.asarray([count]))
+        return Decision(bool(stop[0]), float(lower[0]))
+
+    def radius(self, p_lower: float) -> float:
+        """The certified radius σ·Φ⁻¹(p_lower), or 0.0 below 1/2 (an abstention)."""
+        return float(self.sigma * norm.ppf(p_lower)) if p_lower >= 0.5 else 0.0
+
+
+def stopping_distribution(rule: StoppingRule, p: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact law of where the rule stops when each vote goes to the class with probability p.
+
+    Dynamic programming over the vote count: after round k the count of the inputs still sampling is
+    convolved with the round's Binomial(n_k − n_{k−1}, p). Returns, per round, (probability of
+    stopping there with each count 0..n_k, the p_lower reported at each count).
+    """
+    from scipy.signal import fftconvolve
+    from scipy.stats import binom
+
+    alive = np.ones(1)
+    previous = 0
+    law = []
+    for stage, size in enumerate(rule.sizes):
+        step = binom.pmf(np.arange(size - previous + 1), size - previous, p)
+        alive = np.clip(fftconvolve(alive, step), 0.0, None)[: size + 1]
+        stop, lower = rule.decision_table(stage)
+        law.append((np.where(stop, alive, 0.0), lower))
+        alive = np.where(stop, 0.0, alive)
+        previous = size
+    return law
+
+
+def overcertification_probability(rule: StoppingRule, p: float) -> float:
+    """P(the rule certifies a bound above the true p): a wrong class or a too-large radius. ≤ α if valid."""
+    return float(sum(mass[(lower > p) & (lower >= 0.5)].sum()
+                     for mass, lower in stopping_distribution(rule, p)))
