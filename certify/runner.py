@@ -21,8 +21,8 @@ import certify
 from certify.checkpoint import load_checkpoint
 from certify.errors import UserError
 from certify.methods import CertificationMethod, RunContext, default_method, make_method
-from certify.results import (ResultWriter, check_writable, read_results, read_sidecar,
-                             write_sidecar)
+from certify.results import (ResultWriter, check_writable, merge_results, read_results,
+                             read_sidecar, write_sidecar)
 
 # Sidecar keys that must match for --resume to continue a file, whatever the method (each method adds
 # its own resume_keys); the rest may differ between sessions.
@@ -155,6 +155,16 @@ def _certify_rows(method: CertificationMethod, data: Any, todo: list[int], write
             bar.set_postfix(acc=f"{correct / done:.3f}", abstain=f"{abstained / done:.1%}",
                             refresh=False)
             bar.update(1)
+
+
+def merge_runs(shards: list[Path], out: Path) -> None:
+    """``certify merge``: join the shards of one run; settings that the method says do not change
+    its rows (``rows_ignore``) may differ between shards."""
+    from certify.methods import METHODS
+
+    first = read_sidecar(shards[0]) or {}
+    method = METHODS.get(first.get("method", ""))
+    merge_results(shards, out, free=method.rows_ignore if method else ())
 
 
 def _device_name(device: torch.device) -> str:

@@ -136,11 +136,11 @@ def merge_command(shards: tuple[Path, ...], out: Path, force: bool) -> None:
 
     The shards must be 0/N .. N-1/N of one run: their sidecars must agree on every setting.
     """
-    from certify.results import merge_results
+    from certify.runner import merge_runs
 
     if out.exists() and not force:
         raise UserError(f"{out} exists: pass --force to overwrite it, or choose another --out")
-    merge_results(list(shards), out)
+    merge_runs(list(shards), out)
     _print_summary([out])
 
 

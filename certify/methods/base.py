@@ -118,6 +118,7 @@ class CertificationMethod:
     options: ClassVar[tuple[MethodOption, ...]] = ()
     resume_keys: ClassVar[tuple[str, ...]] = ()  # sidecar fields that --resume must find unchanged
     columns: ClassVar[tuple[str, ...]] = ()  # TSV columns after the six common ones
+    rows_ignore: ClassVar[tuple[str, ...]] = ()  # sidecar settings its rows do not depend on
 
     def __init__(self, ckpt: Checkpoint, model: nn.Module, settings: Mapping[str, Any],
                  context: RunContext):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from certify.methods.base import CertificationMethod, MethodOption, Row, example_generator
-from certify.methods.cohen import ALPHA, N0, PRECISION
+from certify.methods.cohen import ALPHA, N, N0, PRECISION
 from certify.smoothing.sequential import SequentialSmooth
 
 
@@ -27,8 +27,7 @@ class Sequential(CertificationMethod):
     norm = "l2"
     options = (
         N0,
-        MethodOption("n", 100_000, "The most estimation samples an image may take.", kind=int,
-                     at_least=1),
+        N,
         ALPHA,
         PRECISION,
         MethodOption("radii", None,
@@ -45,6 +44,7 @@ class Sequential(CertificationMethod):
     )
     resume_keys = ("sigma", "n0", "n", "alpha", "precision", "radii", "futility", "first_round")
     columns = ("samples",)
+    rows_ignore = ("batch",)  # noise is drawn per image in fixed chunks, whatever the batch
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
