@@ -40,13 +40,14 @@ def _grid(rule: StoppingRule) -> np.ndarray:
 
 
 @pytest.mark.parametrize("alpha", [0.001, 0.01, 0.1])
-def test_overcertification_probability_is_at_most_alpha_exactly(alpha):
+@pytest.mark.parametrize("share, target", [(0.75, "at_n"), (None, "threshold")])
+def test_overcertification_probability_is_at_most_alpha_exactly(alpha, share, target):
     rule = StoppingRule(sigma=0.5, alpha=alpha, n=4000, radii=(0.25, 0.5, 0.75, 1.0, 1.25),
-                        futility=0.05, first_round=128)
+                        futility=0.05, first_round=128, final_share=share, futility_target=target)
     worst = max(overcertification_probability(rule, p) for p in _grid(rule))
     assert worst <= alpha
     # not vacuous: the rule spends a real share of α (a rule that never certified would give 0)
-    assert worst > alpha / (4 * rule.rounds)
+    assert worst > min(rule.levels) / 4
 
 
 def test_default_rule_at_100000_samples_is_valid_exactly():
@@ -62,7 +63,7 @@ def test_guard_a_rule_without_alpha_split_fails_the_exact_check():
     alpha = 0.1
     rule = StoppingRule(sigma=0.5, alpha=alpha, n=4000, radii=(0.25, 0.5, 0.75, 1.0, 1.25),
                         futility=0.05, first_round=128)
-    rule.level = alpha  # the union bound removed
+    rule.levels = (alpha,) * rule.rounds  # the union bound removed
     rule._tables.clear()
     assert max(overcertification_probability(rule, p) for p in _grid(rule)) > 1.3 * alpha
 
@@ -108,9 +109,10 @@ def test_stopping_decisions_follow_the_rule():
     assert d.stop and d.p_lower < 0.5 and rule.radius(d.p_lower) == 0.0
     # 256 of 512: p_A = 1/2 is not excluded yet → continue
     assert not rule.decide(0, 256).stop
-    # the last round always stops, with the bound at level α/K
+    # the last round always stops, with the bound at its share of α (3/4; the other 8 share 1/4)
     d = rule.decide(rule.rounds - 1, 99_000)
-    assert d.stop and d.p_lower == pytest.approx(float(beta.ppf(0.001 / 9, 99_000, 1001)))
+    assert d.stop and d.p_lower == pytest.approx(float(beta.ppf(0.00075, 99_000, 1001)))
+    assert rule.levels[:-1] == pytest.approx([0.00025 / 8] * 8) and sum(rule.levels) == pytest.approx(0.001)
 
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3)  # radius 0 (not abstaining) and the radii asked for below
@@ -152,7 +154,7 @@ def test_guard_end_to_end_harness_catches_reuse_without_alpha_split(monkeypatch)
 
     def unsplit(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        self.level = self.alpha
+        self.levels = (self.alpha,) * len(self.sizes)
 
     monkeypatch.setattr(StoppingRule, "__init__", unsplit)
     margins = [(t + 0.002) / sigma for t in THRESHOLDS] * (runs // len(THRESHOLDS))

@@ -42,7 +42,8 @@ class Sequential(CertificationMethod):
                      "Estimation samples of the first round; each later round doubles the total.",
                      kind=int, at_least=1),
     )
-    resume_keys = ("sigma", "n0", "n", "alpha", "precision", "radii", "futility", "first_round")
+    resume_keys = ("sigma", "n0", "n", "alpha", "precision", "radii", "futility", "first_round",
+                   "rounds", "levels", "futility_target")
     columns = ("samples",)
     rows_ignore = ("batch",)  # noise is drawn per image in fixed chunks, whatever the batch
 
@@ -62,8 +63,10 @@ class Sequential(CertificationMethod):
             yield Row(result.prediction, result.radius, result.seconds, {"samples": result.samples})
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "radii": list(self.rule.radii), "sigma": self.sigma,
-                "rounds": list(self.rule.sizes), "batch": self.context.batch_size,
+        rule = self.rule
+        return {**super().describe(), "radii": list(rule.radii), "sigma": self.sigma,
+                "rounds": list(rule.sizes), "levels": [float(f"{a:.6g}") for a in rule.levels],
+                "futility_target": rule.futility_target, "batch": self.context.batch_size,
                 "seed": self.context.seed}
 
     def totals(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:

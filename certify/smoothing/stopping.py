@@ -1,20 +1,21 @@
 """When sequential certification stops sampling an input, and the bound it reports there.
 
 The estimation samples come in rounds whose cumulative sizes n_1 < n_2 < ... < n_K = N double from
-``first_round``. After each round the Clopper-Pearson lower bound on p_A is taken at level α/K, so by
-the union bound all K bounds hold together with probability ≥ 1 − α: the bound at the round where the
-rule stops is valid at level α, whatever made it stop. (We measured this union bound against an
-anytime-valid beta-mixture confidence sequence, which would allow a check after every sample; with
-only K ≈ 9 checks the union bound is tighter: ``benchmarks/sequential_design.py``.)
+``first_round``. After round k the Clopper-Pearson lower bound on p_A is taken at level α_k, with
+α_1 + ... + α_K = α, so by the union bound all K bounds hold together with probability ≥ 1 − α: the
+bound at the round where the rule stops is valid at level α, whatever made it stop. By default the
+last round gets 3/4 of α and the others share the rest. (We measured the union bound against an
+anytime-valid beta-mixture confidence sequence, which allows a check after every sample: with only
+K ≈ 9 checks the union bound is tighter. See ``benchmarks/sequential_design.py``.)
 
 The rule stops as soon as more samples cannot change what was asked, the certified accuracy at the
 requested radii r_1 < ... < r_m (radius 0, i.e. not abstaining, is always the first target):
 
 - the largest requested radius is certified;
 - even if every remaining sample voted for the class, the bound at N could not reach the next radius;
-- futility: the upper confidence bound at level ``futility`` says p_A is below the next radius's
-  threshold Φ(r/σ). Stopping early can only lower a certificate, never inflate one, so this level
-  trades samples against certified accuracy and does not touch validity;
+- futility: the upper confidence bound at level ``futility`` is below the vote share that would
+  certify the next radius after all N samples. Stopping early can only lower a certificate, never
+  inflate one, so this level trades samples against certified accuracy and does not touch validity;
 - the last round (N samples) is done.
 """
 
@@ -83,7 +84,13 @@ class StoppingRule:
     """
 
     def __init__(self, sigma: float, alpha: float, n: int, radii: Sequence[float],
-                 futility: float = 0.05, first_round: int = 512):
+                 futility: float = 0.05, first_round: int = 512, final_share: float | None = 0.75,
+                 futility_target: str = "at_n"):
+        """``final_share``: the share of α spent on the last round (the rest split evenly over the
+        others; None: α/K for each of the K rounds). Most inputs that reach the last round sit near
+        a radius's threshold, where the level matters most; those that stop early have margin. ``futility_target``: what the futility
+        test compares p_A with: "threshold" Φ(r/σ), or "at_n" the vote share that would certify r
+        after all N samples (larger, so it gives up sooner)."""
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         if not 0.0 < alpha < 1.0:
@@ -97,18 +104,34 @@ class StoppingRule:
         self.sigma, self.alpha, self.n, self.futility = float(sigma), float(alpha), int(n), futility
         self.radii = tuple(sorted(set(float(r) for r in radii)))
         self.sizes = round_sizes(self.n, first_round)
-        self.level = self.alpha / len(self.sizes)  # the union bound's share of α for each round
+        k = len(self.sizes)
+        share = 1.0 / k if final_share is None or k == 1 else final_share
+        if not 0.0 < share <= 1.0 or (k > 1 and share == 1.0):
+            raise ValueError(f"final_share must be in (0, 1), got {final_share}")
+        # the union bound: the levels of the K rounds add up to α
+        self.levels = (*[self.alpha * (1 - share) / (k - 1)] * (k - 1), self.alpha * share) \
+            if k > 1 else (self.alpha,)
         # p_A thresholds of the targets: 1/2 (not abstaining), then Φ(r/σ) for each requested radius
         self.thresholds = np.concatenate([[0.5], norm.cdf(np.asarray(self.radii) / self.sigma)])
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.futility_target = futility_target
+        if futility_target == "threshold":
+            self.futility_thresholds = self.thresholds
+        elif futility_target == "at_n":
+            _, final = self.decision_table(self.rounds - 1)
+            needed = np.searchsorted(final, self.thresholds, side="left")
+            self.futility_thresholds = np.maximum(needed / self.n, self.thresholds)
+        else:
+            raise ValueError(f"futility_target must be 'threshold' or 'at_n', got {futility_target!r}")
 
     @property
     def rounds(self) -> int:
         return len(self.sizes)
 
     def p_lower(self, stage: int, counts: np.ndarray | int) -> np.ndarray:
-        """The bound reported at ``stage`` (0-based): valid at level α jointly over all stages."""
-        return cp_lower(counts, self.sizes[stage], self.level)
+        """The bound reported after round ``stage`` (0-based), at that round's share of α: valid at
+        level α jointly over all rounds."""
+        return cp_lower(counts, self.sizes[stage], self.levels[stage])
 
     def decision_table(self, stage: int) -> tuple[np.ndarray, np.ndarray]:
         """``decide_all`` for every count 0..n_k of round ``stage``, computed once per rule."""
@@ -126,10 +149,10 @@ class StoppingRule:
         # index of the next target not yet certified (len(thresholds): all are)
         reached = np.searchsorted(self.thresholds, lower, side="right")
         done = reached == len(self.thresholds)
-        target = self.thresholds[np.minimum(reached, len(self.thresholds) - 1)]
-        best_case = cp_lower(counts + (self.n - n_k), self.n, self.level)
-        hopeless = best_case < target
-        futile = cp_upper(counts, n_k, self.futility) < target
+        nxt = np.minimum(reached, len(self.thresholds) - 1)
+        best_case = self.p_lower(self.rounds - 1, counts + (self.n - n_k))
+        hopeless = best_case < self.thresholds[nxt]
+        futile = cp_upper(counts, n_k, self.futility) < self.futility_thresholds[nxt]
         return done | hopeless | futile, lower
 
     def decide(self, stage: int, count: int) -> Decision:
