@@ -25,6 +25,7 @@ ALPHA = MethodOption("alpha", 0.001, "Failure probability of each certificate.",
 PRECISION = MethodOption("precision", "fp32",
                          "dtype of the base classifier's forward; noise is always fp32.", kind=str,
                          choices=tuple(PRECISIONS))
+SMOOTHING_OPTIONS = (N0, N, ALPHA, PRECISION)
 
 
 class Cohen(CertificationMethod):
@@ -32,12 +33,7 @@ class Cohen(CertificationMethod):
     summary = "--n samples for every image, as Cohen et al. (2019); the reference's rows"
     kinds = ("smoothing",)
     norm = "l2"
-    options = (
-        N0,
-        N,
-        ALPHA,
-        PRECISION,
-    )
+    options = SMOOTHING_OPTIONS
     # on a GPU the noise stream depends on the batch size, so a resumed run must keep it
     resume_keys = ("sigma", "n0", "n", "alpha", "precision", "batch")
 

@@ -15,26 +15,23 @@ import numpy as np
 import torch
 
 from certify.methods.base import CertificationMethod, MethodOption, Row, example_generator
-from certify.methods.cohen import ALPHA, N, N0, PRECISION
+from certify.methods.cohen import SMOOTHING_OPTIONS
 from certify.smoothing.sequential import SequentialSmooth
 
 
 class Sequential(CertificationMethod):
     name = "sequential"
-    summary = ("doubling rounds up to --n, each image stopped once --radii are decided: about "
-               "a tenth of cohen's samples, same guarantee")
+    summary = ("doubling rounds up to --n, each image stopped once --radii are decided: the "
+               "same guarantee for far fewer samples")
     kinds = ("smoothing",)
     norm = "l2"
     options = (
-        N0,
-        N,
-        ALPHA,
-        PRECISION,
+        *SMOOTHING_OPTIONS,
         MethodOption("radii", None,
                      "Radii whose certified accuracy matters, e.g. 0.25,0.5,0.75: an image stops once "
                      "certified at the largest, or once the next is out of reach. Default: multiples "
                      "of 0.25 up to the largest radius N samples can certify.", kind="floats"),
-        MethodOption("futility", 0.05,
+        MethodOption("futility", 0.1,
                      "Level of the test that gives up on the next radius. Stopping early only lowers "
                      "a certificate, so this trades samples for certified accuracy, not validity.",
                      above=0, below=1),

@@ -29,12 +29,7 @@ class Smooth:
                  precision: str = "fp32"):
         """``precision`` sets the dtype of the base classifier's forward (autocast); the noise is
         always drawn and added in fp32, so a lower precision is just another deterministic f."""
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        check_smoothing(num_classes, sigma, precision)
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = float(sigma)
@@ -109,6 +104,16 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_smoothing(num_classes: int, sigma: float, precision: str) -> None:
+    """The arguments every smoothed classifier takes, or ValueError naming the bad one."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
 
 
 def check_counts(**counts: int) -> list[int]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from certify.smoothing.core import PRECISIONS, autocast_context, check_alpha, check_counts
+from certify.smoothing.core import (PRECISIONS, autocast_context, check_alpha, check_counts,
+                                   check_smoothing)
 from certify.smoothing.stopping import StoppingRule, default_radii
 
 DRAW_CHUNK = 512  # noise is drawn per input in chunks of this many samples (not per forward batch)
@@ -58,18 +59,13 @@ class SequentialSmooth:
     ABSTAIN = -1
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma: float,
-                 radii: Sequence[float] | None = None, futility: float = 0.05, first_round: int = 512,
+                 radii: Sequence[float] | None = None, futility: float = 0.1, first_round: int = 512,
                  precision: str = "fp32"):
         """``radii``: the radii whose certified accuracy matters (default: multiples of 0.25 that n
         samples can certify). ``futility``: the level of the test that gives up on the next radius
         (it costs accuracy, never validity). ``first_round``: samples of the first estimation round;
         each later round doubles the total."""
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        check_smoothing(num_classes, sigma, precision)
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = float(sigma)

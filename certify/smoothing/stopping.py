@@ -84,7 +84,7 @@ class StoppingRule:
     """
 
     def __init__(self, sigma: float, alpha: float, n: int, radii: Sequence[float],
-                 futility: float = 0.05, first_round: int = 512, final_share: float | None = 0.75,
+                 futility: float = 0.1, first_round: int = 512, final_share: float | None = 0.75,
                  futility_target: str = "at_n"):
         """``final_share``: the share of α spent on the last round (the rest split evenly over the
         others; None: α/K for each of the K rounds). Most inputs that reach the last round sit near
