@@ -254,3 +254,36 @@ def test_cohen_reproduces_the_committed_quickstart_rows_and_resumes_its_file(tmp
                "--count", "3", "--n", "10000", "--resume", "--quiet") == 0
     assert rows_without_time(old) == [line.split("\t")[:5] for line in
                                       committed.read_text().splitlines()[:4]]
+
+
+# ----------------------------------------------------------------------------------- quickstart
+
+def test_quickstart_certifies_sequentially_and_states_the_saving(small_checkpoint, fake_fmnist,
+                                                                  tmp_path, capsys):
+    out_dir = tmp_path / "qs"
+    args = ["quickstart", "--model", small_checkpoint, "--data-dir", fake_fmnist, "--out-dir",
+            out_dir, "--count", "4", "--n", "2000"]
+    assert cli(*args) == 0
+    printed = capsys.readouterr().out
+    side = read_sidecar(out_dir / "certify.tsv")
+    assert side["method"] == "sequential" and side["n"] == 2000 and side["complete"] is True
+    passes = 100 + side["estimation_samples"] / 4
+    assert f"forward passes per image: {passes:,.0f} on average" in printed
+    assert (out_dir / "certified_accuracy.png").stat().st_size > 0
+    # cohen over the same directory: other settings, so it starts afresh instead of resuming
+    assert cli(*args, "--method", "cohen") == 0
+    assert read_sidecar(out_dir / "certify.tsv")["method"] == "cohen"
+    assert "starting it afresh" in capsys.readouterr().err
+
+
+def test_both_classes_accept_numpy_integer_counts():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.rand(1, 2, 2)
+    for cls in (Smooth, SequentialSmooth):
+        smooth = cls(model, 3, 0.5)
+        a = smooth.certify(x, np.int64(10), np.int32(600), 0.01, np.int64(128),
+                           generator=torch.Generator().manual_seed(0))
+        b = smooth.certify(x, 10, 600, 0.01, 128, generator=torch.Generator().manual_seed(0))
+        assert a == b
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            smooth.certify(x, 10, 600.0, 0.01, 128)
