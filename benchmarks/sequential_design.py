@@ -9,7 +9,9 @@ expected certified accuracy at the same N is the binomial tail of the same p̂, 
 from the same images and the same "truth", and the baseline is Cohen in the same computation.
 
 It compares, for the requested radii (the summary table's for that σ):
-  - the futility level (α/K, 0.01, 0.05, 0.1, 0.2) and the first round (256, 512, 1024);
+  - the futility level (α/K, 0.01, 0.05, 0.1, 0.2), what it tests against (the radius's threshold
+    Φ(r/σ), or the vote share that certifies r after N samples), the first round (256, 512, 1024)
+    and how α is split over the rounds (evenly, or 1/2 or 3/4 of it on the last round);
   - the union bound over rounds (what ships) against an anytime-valid confidence sequence (the
     beta-binomial mixture of Robbins, Jeffreys prior, valid after every sample), with the same rule.
 
@@ -53,7 +55,7 @@ def load_truth(path: Path) -> dict:
     certified = res.predict >= 0
     p = np.full(len(res), ABSTAINED_P)
     p[certified] = vote_counts(res.radius[certified], sigma, n, alpha) / n
-    return {"name": path.name, "sigma": sigma, "n": n, "alpha": alpha, "p": p,
+    return {"name": path.name, "sigma": sigma, "n": n, "n0": int(side["n0"]), "alpha": alpha, "p": p,
             "correct": res.correct.astype(bool)}
 
 
@@ -108,24 +110,24 @@ def main() -> None:
     lines = []
     for path in args.cohen_tsv:
         truth = load_truth(path)
-        sigma, n, alpha = truth["sigma"], truth["n"], truth["alpha"]
+        sigma, n, alpha, n0 = truth["sigma"], truth["n"], truth["alpha"], truth["n0"]
         radii = default_radii(sigma, n, alpha)
         base = StoppingRule(sigma, alpha, n, radii)
         cohen = cohen_accuracy(truth, base.thresholds)
         head = " | ".join(f"Δ r={r:g}" for r in (0.0, *radii))
         lines += [f"\n### {truth['name']}: σ = {sigma}, N = {n}, α = {alpha}, "
                   f"{len(truth['p'])} images",
-                  f"\ncohen: {n:,} samples per image; expected certified accuracy "
+                  f"\ncohen: {n:,} estimation samples per image; expected certified accuracy "
                   + ", ".join(f"{a:.3f}" for a in cohen),
                   f"\n| bound | futility | first round | mean samples | ratio to cohen | {head} "
                   f"| max |Δ| |",
                   "|---|---:|---:|---:|---:|" + "---:|" * (len(radii) + 2)]
-        configs = [("union", f, 512, None, "threshold") for f in (None, 0.01, 0.05, 0.1, 0.2)]
-        configs += [("union", 0.05, 256, None, "threshold"), ("union", 0.05, 1024, None, "threshold"),
-                    ("union", 0.05, 512, 0.5, "threshold"), ("union", 0.05, 512, 0.75, "threshold"),
-                    ("mixture CS", 0.05, 512, None, "threshold")]
-        configs += [("union", f, 512, share, "at_n") for share in (None, 0.5, 0.75)
-                    for f in (0.01, 0.05, 0.1)]
+        # (bound, futility level, first round, share of α on the last round, futility target)
+        configs = [("union", None, 512, None, "threshold"), ("union", 0.05, 512, None, "threshold"),
+                   ("union", 0.1, 512, None, "at_n"), ("union", 0.1, 512, 0.5, "at_n")]
+        configs += [("union", f, 512, 0.75, "at_n") for f in (0.01, 0.05, 0.1, 0.2)]
+        configs += [("union", 0.1, 256, 0.75, "at_n"), ("union", 0.1, 1024, 0.75, "at_n"),
+                    ("mixture CS", 0.1, 512, None, "at_n")]
         for bound, futility, first, share, target in configs:
             cls = MixtureCS if bound != "union" else StoppingRule
             level = futility if futility is not None else alpha / len(base.sizes)
@@ -134,14 +136,28 @@ def main() -> None:
             out = evaluate(truth, rule)
             delta = 100 * (out["acc"] - cohen)
             shown = "α/K" if futility is None else f"{futility:g}"
-            split = "α/K each" if share is None else f"{share:g} of α last"
+            split = ("α/K each" if share is None else f"{share:g} of α last") if cls is StoppingRule \
+                else "valid at every n"
             lines.append(f"| {bound}, {split} | {shown} vs {target} | {first} | "
-                         f"{out['samples']:,.0f} | "
-                         f"{n / out['samples']:.1f}× | "
+                         f"{out['samples']:,.0f} | {(n + n0) / (out['samples'] + n0):.1f}× | "
                          + " | ".join(f"{d:+.2f}" for d in delta)
                          + f" | {np.abs(delta).max():.2f} |")
             print(lines[-1], file=sys.stderr, flush=True)
-    text = "\n".join(lines) + "\n\nΔ: expected certified accuracy minus cohen's, in points.\n"
+        lines += ["", "The default rule with fewer requested radii (the largest dropped in turn):", "",
+                  "| radii | mean samples | ratio to cohen | Δ at each requested radius | max |Δ| |",
+                  "|---|---:|---:|---|---:|"]
+        for m in range(len(radii) - 1, 1, -1):
+            fewer = radii[:m]
+            rule = StoppingRule(sigma, alpha, n, fewer)
+            out = evaluate(truth, rule)
+            delta = 100 * (out["acc"] - cohen_accuracy(truth, rule.thresholds))
+            lines.append(f"| {', '.join(f'{r:g}' for r in fewer)} | {out['samples']:,.0f} | "
+                         f"{(n + n0) / (out['samples'] + n0):.1f}× | "
+                         + ", ".join(f"{d:+.2f}" for d in delta) + f" | {np.abs(delta).max():.2f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    text = "\n".join(lines) + ("\n\nmean samples: expected estimation samples per image; ratio: "
+                                "forward passes per image (N0 included), cohen's over the rule's; "
+                                "Δ: expected certified accuracy minus cohen's, in points.\n")
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

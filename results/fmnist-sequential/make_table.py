@@ -33,32 +33,50 @@ def row(name: str, res: Results, radii: list[float], passes: float) -> str:
             f"{res.seconds_per_example():.2f} |")
 
 
+def describe(side: dict) -> str:
+    """How a sequential run differs from the defaults (its radii and futility level)."""
+    return f"sequential (radii up to {side['radii'][-1]:g}, futility {side['futility']:g})"
+
+
 def main() -> None:
     for sigma in ("0.25", "0.5"):
-        cohen_path, seq_path = HERE / f"cohen-s{sigma}.tsv", HERE / f"sequential-s{sigma}.tsv"
-        if not (cohen_path.exists() and seq_path.exists()):
+        cohen_path = HERE / f"cohen-s{sigma}.tsv"
+        seq_paths = sorted(HERE.glob(f"sequential-s{sigma}*.tsv"))
+        if not (cohen_path.exists() and seq_paths):
             continue
         cohen = read_results(cohen_path, allow_partial_last=True)
-        seq = read_results(seq_path, allow_partial_last=True)
-        side_c, side_s = read_sidecar(cohen_path), read_sidecar(seq_path)
-        radii = side_s["radii"]
-        common = np.intersect1d(cohen.idx, seq.idx)
-        c, s = subset(cohen, common), subset(seq, common)
-        n0 = side_s["n0"]
+        side_c = read_sidecar(cohen_path)
+        full = side_c["n0"] + side_c["n"]
+        sides = {p: read_sidecar(p) for p in seq_paths}
+        radii = max((s["radii"] for s in sides.values()), key=len)
         head = " | ".join(f"r={r:g}" for r in [0.0, *radii])
-        print(f"\n### σ = {sigma} (`{side_s['checkpoint']}`), N = {side_s['n']:,}, "
-              f"α = {side_s['alpha']}\n")
+        print(f"\n### σ = {sigma} (`{side_c['checkpoint']}`), N = {side_c['n']:,}, "
+              f"α = {side_c['alpha']}\n")
         print(f"| method | images | {head} | ACR | abstain | forward passes / image | s / image |")
         print("|---|---:|" + "---:|" * (len(radii) + 1) + "---:|---:|---:|---:|")
-        print(row("cohen", c, radii, side_c["n0"] + side_c["n"]))
-        print(row("sequential, same images", s, radii, n0 + s.columns["samples"].mean()))
-        if len(seq) > len(s):
-            print(row("sequential, all its images", seq, radii, n0 + seq.columns["samples"].mean()))
-        diff = 100 * (s.certified_accuracy([0.0, *radii]) - c.certified_accuracy([0.0, *radii]))
-        ratio = (side_c["n0"] + side_c["n"]) / (n0 + s.columns["samples"].mean())
-        print(f"\nOn the {len(common)} shared images: sequential minus cohen, in points: "
-              + ", ".join(f"{d:+.1f} at r={r:g}" for d, r in zip(diff, [0.0, *radii], strict=True))
-              + f"; {ratio:.1f}× fewer forward passes.")
+        seqs = {p: read_results(p, allow_partial_last=True) for p in seq_paths}
+        common = cohen.idx
+        for res in seqs.values():
+            common = np.intersect1d(common, res.idx)
+        c = subset(cohen, common)
+        print(row("cohen", c, radii, full))
+        notes = []
+        for path, res in seqs.items():
+            s, side = subset(res, common), sides[path]
+            passes = side["n0"] + s.columns["samples"].mean()
+            print(row(f"{describe(side)}, `{path.name}`", s, radii, passes))
+            asked = [0.0, *side["radii"]]
+            diff = 100 * (s.certified_accuracy(asked) - c.certified_accuracy(asked))
+            notes.append(f"- `{path.name}`: {full / passes:.1f}× fewer forward passes; minus cohen "
+                         f"at its radii, in points: "
+                         + ", ".join(f"{d:+.1f} (r={r:g})" for d, r in zip(diff, asked, strict=True)))
+        for path, res in seqs.items():
+            if len(res) > len(common):
+                side = sides[path]
+                print(row(f"{describe(side)}, all {len(res)} images", res, radii,
+                          side["n0"] + res.columns["samples"].mean()))
+        print(f"\nOn the {len(common)} images that every run has certified:\n")
+        print("\n".join(notes))
 
 
 if __name__ == "__main__":
