@@ -77,7 +77,7 @@ def quickstart_command(out_dir: Path, model: Path, retrain: bool, epochs: int, s
     total = len(load_dataset("fashion-mnist", "test", data_dir=data_dir))
     skip = max(1, total // count)
     tsv = out_dir / "certify.tsv"
-    click.echo(f"[2/3] certifying {count} test images (every {skip}th), method {method}, N={n}, "
+    click.echo(f"[2/3] certifying {count} test images (one in {skip}), method {method}, N={n}, "
                f"α={alpha} → {tsv}", err=True)
     spec = RunSpec(checkpoint=model, out=tsv, skip=skip, count=count, resume=True,
                    data_dir=Path(data_dir) if data_dir else None, method=method,
@@ -93,9 +93,10 @@ def quickstart_command(out_dir: Path, model: Path, retrain: bool, epochs: int, s
 
     results = read_results(tsv)
     png = out_dir / "certified_accuracy.png"
-    label = f"{model.stem} (N={n})"
+    label = f"{model.stem} ({method}, N={n})"
     plot_certified_accuracy([results], [label], png,
-                            title=f"Fashion-MNIST, randomized smoothing, {len(results)} test images")
+                            title=f"Fashion-MNIST, randomized smoothing ({method}), "
+                                  f"{len(results)} test images")
     table = summary_table([results], [label], default_radii([results]))
     atomic_write_text(out_dir / "table.md", table)
     click.echo(f"[3/3] wrote {png} and {out_dir / 'table.md'}\n", err=True)
