@@ -2,8 +2,8 @@
 
 Both methods are compared on the images both have certified (cohen's runs may be partial: they
 resume). Columns: certified accuracy at each radius the sequential run asked for, ACR, abstention
-rate, mean forward passes per image (N0 + estimation samples), and seconds per image from the
-rows' time column (each run's own machine conditions: see the README for the same-process ratio).
+rate and mean forward passes per image (N0 + estimation samples). Times are not compared here: the
+runs shared the machine in different ways (see the README for the same-process wall-time ratio).
 
 Usage: python results/fmnist-sequential/make_table.py > results/fmnist-sequential/table.md
 """
@@ -29,8 +29,7 @@ def subset(res: Results, keep: np.ndarray) -> Results:
 def row(name: str, res: Results, radii: list[float], passes: float) -> str:
     acc = res.certified_accuracy([0.0, *radii])
     return (f"| {name} | {len(res)} | " + " | ".join(f"{a:.3f}" for a in acc)
-            + f" | {res.acr():.3f} | {res.abstain_rate():.1%} | {passes:,.0f} | "
-            f"{res.seconds_per_example():.2f} |")
+            + f" | {res.acr():.3f} | {res.abstain_rate():.1%} | {passes:,.0f} |")
 
 
 def describe(side: dict) -> str:
@@ -52,8 +51,8 @@ def main() -> None:
         head = " | ".join(f"r={r:g}" for r in [0.0, *radii])
         print(f"\n### σ = {sigma} (`{side_c['checkpoint']}`), N = {side_c['n']:,}, "
               f"α = {side_c['alpha']}\n")
-        print(f"| method | images | {head} | ACR | abstain | forward passes / image | s / image |")
-        print("|---|---:|" + "---:|" * (len(radii) + 1) + "---:|---:|---:|---:|")
+        print(f"| method | images | {head} | ACR | abstain | forward passes / image |")
+        print("|---|---:|" + "---:|" * (len(radii) + 1) + "---:|---:|---:|")
         seqs = {p: read_results(p, allow_partial_last=True) for p in seq_paths}
         common = cohen.idx
         for res in seqs.values():
