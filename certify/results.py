@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -471,8 +471,10 @@ def _check_shard_set(shards: list[Any]) -> None:
                         f"of 0/N .. N-1/N exactly once")
 
 
-def _merge_sidecars(paths: list[Path], free: Collection[str] = ()) -> dict[str, Any] | None:
+def _merge_sidecars(paths: list[Path], rows_ignore: Collection[str] = (),
+                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     cars = [(p, read_sidecar(p)) for p in paths]
+    cars = [(p, None if c is None else {**(defaults or {}), **c}) for p, c in cars]
     have = [p for p, c in cars if c is not None]
     if not have:
         return None
@@ -486,7 +488,7 @@ def _merge_sidecars(paths: list[Path], free: Collection[str] = ()) -> dict[str, 
     assert first is not None
     for p, car in cars[1:]:
         assert car is not None
-        for key in sorted((set(first) | set(car)) - PER_RUN_SIDECAR_KEYS - set(free)):
+        for key in sorted((set(first) | set(car)) - PER_RUN_SIDECAR_KEYS - set(rows_ignore)):
             a, b = first.get(key, "<absent>"), car.get(key, "<absent>")
             if a != b:
                 raise UserError(
@@ -501,6 +503,8 @@ def _merge_sidecars(paths: list[Path], free: Collection[str] = ()) -> dict[str, 
     for key in SUMMED_SIDECAR_KEYS:
         if all(key in car for car in shards):
             merged[key] = sum(int(car[key]) for car in shards)
+        else:  # an interrupted shard has no total: the first shard's alone would mislead
+            merged.pop(key, None)
     if all("wall_time" in car for car in shards):
         merged["wall_time"] = round(sum(float(car["wall_time"]) for car in shards), 3)
     if any("complete" in car for car in shards):
@@ -510,16 +514,17 @@ def _merge_sidecars(paths: list[Path], free: Collection[str] = ()) -> dict[str, 
 
 def merge_results(
     paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[str],
-    free: Collection[str] = (),
+    rows_ignore: Collection[str] = (), defaults: Mapping[str, Any] | None = None,
 ) -> Results:
     """Join shard files into one table sorted by idx, rows kept byte-for-byte.
 
     Keeping each row's text (rather than re-formatting parsed numbers) makes a merged file
     identical to what an unsharded run writes. Sidecars, if the shards have them, must agree
     except on :data:`PER_RUN_SIDECAR_KEYS`; the merged sidecar is the first one without
-    ``shard`` and with ``merged_from``. ``free`` names more keys the shards may differ on (settings
-    that do not change rows, such as ``batch`` for a method whose rows do not depend on it; the
-    merged sidecar keeps the first shard's). Both outputs are written atomically.
+    ``shard`` and with ``merged_from``. ``rows_ignore`` names more keys the shards may differ on
+    (settings the rows do not depend on, such as ``batch`` for the sequential method on a CPU; the
+    merged sidecar keeps the first shard's). ``defaults`` fills keys that older sidecars lack.
+    Both outputs are written atomically.
     """
     if not paths:
         raise UserError("merge needs at least one results file")
@@ -555,7 +560,7 @@ def merge_results(
     values = {name: [column[k] for k in order] for name, column in values.items()}
     text = header_line + "\n" + "".join(lines[k] + "\n" for k in order)
 
-    sidecar = _merge_sidecars(shard_paths, free)  # validate before writing anything
+    sidecar = _merge_sidecars(shard_paths, rows_ignore, defaults)  # validate before writing
     try:
         atomic_write_text(out, text)
     except OSError as e:

@@ -105,10 +105,12 @@ def run_certification(spec: RunSpec, progress: bool = True) -> Path:
         raise ResumeMismatch(f"cannot --resume {out}: its sidecar {out}.json is missing, so its "
                              f"settings are unknown; use --force to start it afresh, or another --out")
     if previous is not None:
-        if "method" not in previous:  # written before methods had names: its kind's default
-            previous["method"] = default_method(str(previous.get("certifier"))).name
-        changed = [k for k in (*RESUME_KEYS, *method.resume_keys)
+        previous = {**_older_sidecar_defaults(previous), **previous}
+        changed = [k for k in (*RESUME_KEYS, *method.must_match())
                    if previous.get(k) != sidecar.get(k)]
+        if "method" not in previous:
+            raise ResumeMismatch(f"cannot --resume {out}: its sidecar names no certification "
+                                 f"method; use --force to start it afresh, or another --out")
         if changed:
             raise ResumeMismatch(f"cannot --resume {out}: it was made with different settings "
                                  f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)})")
@@ -158,13 +160,22 @@ def _certify_rows(method: CertificationMethod, data: Any, todo: list[int], write
 
 
 def merge_runs(shards: list[Path], out: Path) -> None:
-    """``certify merge``: join the shards of one run; settings that the method says do not change
-    its rows (``rows_ignore``) may differ between shards."""
+    """``certify merge``: join the shards of one run. On a CPU, settings that the method says do
+    not change its rows (``rows_ignore``) may differ between shards."""
     from certify.methods import METHODS
 
     first = read_sidecar(shards[0]) or {}
-    method = METHODS.get(first.get("method", ""))
-    merge_results(shards, out, free=method.rows_ignore if method else ())
+    defaults = _older_sidecar_defaults(first)
+    method = METHODS.get(first.get("method", defaults.get("method", "")))
+    ignore = method.rows_ignore if method and first.get("device_type") == "cpu" else ()
+    merge_results(shards, out, rows_ignore=ignore, defaults=defaults)
+
+
+def _older_sidecar_defaults(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """Sidecars written before methods had names lack "method": it was their kind's default."""
+    if "method" in sidecar or sidecar.get("certifier") not in ("smoothing", "linf_dist"):
+        return {}
+    return {"method": default_method(sidecar["certifier"]).name}
 
 
 def _device_name(device: torch.device) -> str:

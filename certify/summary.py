@@ -10,7 +10,7 @@ import numpy as np
 from certify.errors import UserError
 from certify.results import Results
 
-__all__ = ["NORMS", "default_radii", "summary_table", "largest_radius", "check_norm"]
+__all__ = ["NORMS", "default_radii", "l2_step", "summary_table", "largest_radius", "check_norm"]
 
 NORMS = ("l2", "linf")
 
@@ -25,6 +25,14 @@ def largest_radius(results_list: Iterable[Results]) -> float:
     return max(values, default=0.0)
 
 
+def l2_step(rmax: float) -> float:
+    """The table's ℓ2 radius step: 0.25, doubled until 0 .. rmax and one more column fit in 12."""
+    step = 0.25
+    while math.floor(rmax / step) + 2 > 12:
+        step *= 2
+    return step
+
+
 def default_radii(results_list: Sequence[Results], norm: str = "l2") -> list[float]:
     """Radii for the summary table's columns, spaced to cover what the runs certify.
 
@@ -36,9 +44,7 @@ def default_radii(results_list: Sequence[Results], norm: str = "l2") -> list[flo
     check_norm(norm)
     rmax = largest_radius(results_list)
     if norm == "l2":
-        step = 0.25
-        while math.floor(rmax / step) + 2 > 12:
-            step *= 2
+        step = l2_step(rmax)
         n = math.floor(rmax / step) + 1
     else:
         n = 0

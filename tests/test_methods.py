@@ -109,7 +109,8 @@ def test_a_new_method_is_one_class_and_one_registry_line(small_checkpoint, fake_
 # ------------------------------------------------------------------------------------ CLI errors
 
 @pytest.mark.parametrize("extra, message", [
-    (["--radii", "0.5"], "--radii: does not apply to method cohen"),
+    (["--radii", "0.5"], "--radii: does not apply to method cohen (its options: --n0, --n, "
+                         "--alpha, --precision)"),
     (["--bound", "interval"], "--bound: does not apply to method cohen"),
     (["--method", "sequential", "--radii", "0.5,x"], "--radii: expected numbers"),
     (["--method", "sequential", "--radii", "-1"], "--radii: expected positive numbers"),
@@ -287,3 +288,57 @@ def test_both_classes_accept_numpy_integer_counts():
         assert a == b
         with pytest.raises(ValueError, match="n must be a positive integer"):
             smooth.certify(x, 10, 600.0, 0.01, 128)
+
+
+# ------------------------------------------------------------------------ review regressions
+
+def test_sequential_refuses_a_classifier_with_more_outputs_than_classes():
+    """Votes of class ≥ num_classes would be counted for the next input in the batch."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="3 outputs, but num_classes is 2"):
+        SequentialSmooth(model, 2, 0.5).certify(torch.rand(1, 2, 2), 10, 600, 0.01, 128)
+
+
+def test_default_radii_are_reachable_by_the_last_round():
+    from certify.smoothing.stopping import StoppingRule
+
+    # σ·Φ⁻¹((¾α)^(1/N)) = 0.998 at σ = 0.2625: radius 1.0 would be a column of zeros
+    assert StoppingRule(0.2625, 0.001, 100_000).radii == (0.25, 0.5, 0.75)
+    assert StoppingRule(0.5, 0.001, 100_000).radii == (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def test_sequential_keeps_batch_on_a_gpu_for_resume():
+    ckpt = SimpleNamespace(certification={"kind": "smoothing", "sigma": 0.25}, num_classes=10)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    settings = Sequential.resolve({})
+    assert "batch" not in Sequential(ckpt, model, settings, RunContext()).must_match()
+    gpu = RunContext(device=torch.device("cuda"))
+    assert "batch" in Sequential(ckpt, model, settings, gpu).must_match()
+
+
+def test_merge_of_an_interrupted_shard_drops_the_totals(confident_checkpoint, fake_fmnist, tmp_path):
+    parts = [tmp_path / f"p{i}.tsv" for i in range(2)]
+    for i, part in enumerate(parts):
+        assert cli(*seq_args(confident_checkpoint, part, fake_fmnist, "--shard", f"{i}/2")) == 0
+    side = read_sidecar(parts[1])
+    for key in ("estimation_samples", "selection_samples"):
+        del side[key]
+    side["complete"] = False
+    Path(str(parts[1]) + ".json").write_text(json.dumps(side))
+    merged = tmp_path / "m.tsv"
+    assert cli("merge", *parts, "--out", merged) == 0
+    assert "estimation_samples" not in read_sidecar(merged)  # not shard 0's total alone
+    assert read_sidecar(merged)["complete"] is False
+
+
+def test_merge_accepts_a_shard_written_before_methods_had_names(small_checkpoint, fake_fmnist,
+                                                               tmp_path):
+    from test_cli import run_args
+
+    parts = [tmp_path / f"p{i}.tsv" for i in range(2)]
+    for i, part in enumerate(parts):
+        assert cli(*run_args(small_checkpoint, part, fake_fmnist, "--shard", f"{i}/2")) == 0
+    old = read_sidecar(parts[0])
+    del old["method"]
+    Path(str(parts[0]) + ".json").write_text(json.dumps(old))
+    assert cli("merge", *parts, "--out", tmp_path / "m.tsv") == 0

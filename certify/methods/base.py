@@ -22,11 +22,13 @@ from certify.errors import UserError
 
 
 class OptionError(UserError):
-    """A method option has a bad value; ``option`` names it so the CLI can name its flag."""
+    """A method option has a bad value; ``option`` names it so the CLI can name its flag, and
+    ``known`` lists the options the method does have when the option was not one of them."""
 
-    def __init__(self, option: str, message: str):
-        super().__init__(f"{option}: {message}")
-        self.option, self.message = option, message
+    def __init__(self, option: str, message: str, known: tuple[str, ...] | None = None):
+        suffix = "" if known is None else f" (its options: {', '.join(known) or 'none'})"
+        super().__init__(f"{option}: {message}{suffix}")
+        self.option, self.message, self.known = option, message, known
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class CertificationMethod:
     options: ClassVar[tuple[MethodOption, ...]] = ()
     resume_keys: ClassVar[tuple[str, ...]] = ()  # sidecar fields that --resume must find unchanged
     columns: ClassVar[tuple[str, ...]] = ()  # TSV columns after the six common ones
-    rows_ignore: ClassVar[tuple[str, ...]] = ()  # sidecar settings its rows do not depend on
+    rows_ignore: ClassVar[tuple[str, ...]] = ()  # sidecar settings its rows do not depend on (CPU)
 
     def __init__(self, ckpt: Checkpoint, model: nn.Module, settings: Mapping[str, Any],
                  context: RunContext):
@@ -131,8 +133,7 @@ class CertificationMethod:
         own = {o.name: o for o in cls.options}
         foreign = sorted(k for k, v in given.items() if v is not None and k not in own)
         if foreign:
-            mine = ", ".join(own) or "none"
-            raise OptionError(foreign[0], f"does not apply to method {cls.name} (its options: {mine})")
+            raise OptionError(foreign[0], f"does not apply to method {cls.name}", known=tuple(own))
         return {name: (o.check(given.get(name)) if given.get(name) is not None else o.default)
                 for name, o in own.items()}
 
@@ -140,8 +141,12 @@ class CertificationMethod:
         """One row per (index, input) in the order given; may read ahead to batch several inputs."""
         raise NotImplementedError
 
+    def must_match(self) -> tuple[str, ...]:
+        """The sidecar fields that --resume must find unchanged for this run."""
+        return self.resume_keys
+
     def describe(self) -> dict[str, Any]:
-        """The sidecar fields of this run's settings (must include ``resume_keys``)."""
+        """The sidecar fields of this run's settings (must include ``must_match()``)."""
         return {"certifier": self.ckpt.certification.get("kind"), "method": self.name,
                 "norm": self.norm, **self.settings}
 

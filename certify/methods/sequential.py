@@ -29,11 +29,12 @@ class Sequential(CertificationMethod):
         *SMOOTHING_OPTIONS,
         MethodOption("radii", None,
                      "Radii whose certified accuracy matters, e.g. 0.25,0.5,0.75: an image stops once "
-                     "certified at the largest, or once the next is out of reach. Default: multiples "
-                     "of 0.25 up to the largest radius N samples can certify.", kind="floats"),
+                     "certified at the largest, or once the next is out of reach. Default: the "
+                     "summary table's multiples of 0.25 up to the largest radius N samples can "
+                     "certify.", kind="floats"),
         MethodOption("futility", 0.1,
-                     "Level of the test that gives up on the next radius. Stopping early only lowers "
-                     "a certificate, so this trades samples for certified accuracy, not validity.",
+                     "Level of the test that gives up on the next radius. The bound is valid at any "
+                     "stop, so this trades samples for certified accuracy, not validity.",
                      above=0, below=1),
         MethodOption("first_round", 512,
                      "Estimation samples of the first round; each later round doubles the total.",
@@ -42,7 +43,9 @@ class Sequential(CertificationMethod):
     resume_keys = ("sigma", "n0", "n", "alpha", "precision", "radii", "futility", "first_round",
                    "rounds", "levels", "futility_target")
     columns = ("samples",)
-    rows_ignore = ("batch",)  # noise is drawn per image in fixed chunks, whatever the batch
+    # noise is drawn per image in fixed chunks, whatever the batch; on a GPU the model's outputs may
+    # still depend on the batch's shape in the last bits, so there resume and merge keep --batch
+    rows_ignore = ("batch",)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -58,6 +61,9 @@ class Sequential(CertificationMethod):
         pairs = ((x.to(ctx.device), example_generator(ctx, idx)) for idx, x in examples)
         for result in self.smooth.certify_stream(pairs, s["n0"], s["n"], s["alpha"], ctx.batch_size):
             yield Row(result.prediction, result.radius, result.seconds, {"samples": result.samples})
+
+    def must_match(self) -> tuple[str, ...]:
+        return self.resume_keys + (() if self.context.device.type == "cpu" else ("batch",))
 
     def describe(self) -> dict[str, Any]:
         rule = self.rule

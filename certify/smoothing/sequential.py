@@ -22,9 +22,11 @@ from torch import nn
 
 from certify.smoothing.core import (PRECISIONS, autocast_context, check_alpha, check_counts,
                                    check_smoothing)
-from certify.smoothing.stopping import StoppingRule, default_radii
+from certify.smoothing.stopping import StoppingRule
 
-DRAW_CHUNK = 512  # noise is drawn per input in chunks of this many samples (not per forward batch)
+# Noise is drawn per input in chunks of this many samples (not per forward batch). An input keeps at
+# most one partly used chunk, so the pool holds about (inputs in flight) × DRAW_CHUNK noisy copies.
+DRAW_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class SequentialSmooth:
                  radii: Sequence[float] | None = None, futility: float = 0.1, first_round: int = 512,
                  precision: str = "fp32"):
         """``radii``: the radii whose certified accuracy matters (default: multiples of 0.25 that n
-        samples can certify). ``futility``: the level of the test that gives up on the next radius
+        samples can certify at the last round's level). ``futility``: the level of the test that gives up on the next radius
         (it costs accuracy, never validity). ``first_round``: samples of the first estimation round;
         each later round doubles the total."""
         check_smoothing(num_classes, sigma, precision)
@@ -81,8 +83,8 @@ class SequentialSmooth:
         """The stopping rule for this many samples at most and this α (cached: its tables are reused)."""
         key = (float(alpha), int(n))
         if key not in self._rules:
-            radii = self.radii if self.radii is not None else default_radii(self.sigma, n, alpha)
-            self._rules[key] = StoppingRule(self.sigma, alpha, n, radii, self.futility, self.first_round)
+            self._rules[key] = StoppingRule(self.sigma, alpha, n, self.radii, self.futility,
+                                            self.first_round)
         return self._rules[key]
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
@@ -99,7 +101,8 @@ class SequentialSmooth:
     def certify_stream(self, inputs: Iterable[tuple[torch.Tensor, torch.Generator | None]], n0: int,
                        n: int, alpha: float, batch_size: int) -> Iterator[SequentialResult]:
         """Certify (input, generator) pairs sharing forward batches; results come in input order,
-        each as soon as it and all before it are done. Inputs are read only as batches need them.
+        each as soon as it and all before it are done. Inputs are read a pool at a time (enough to
+        fill a batch with small rounds), not all at once.
         A generator of None draws from torch's global RNG, whose draws then depend on the order of
         the work; give each input its own generator for results that do not."""
         n0, n, batch_size = check_counts(n0=n0, n=n, batch_size=batch_size)
@@ -146,7 +149,11 @@ class SequentialSmooth:
             if filled == batch_size:
                 break
         with autocast_context(x0.device, PRECISIONS[self.precision]):
-            votes = self.base_classifier(batch[:filled]).argmax(1)
+            logits = self.base_classifier(batch[:filled])
+            if logits.shape[1] != self.num_classes:  # or votes would be counted for another input
+                raise ValueError(f"the classifier gives {logits.shape[1]} outputs, but "
+                                 f"num_classes is {self.num_classes}")
+            votes = logits.argmax(1)
             owner = torch.tensor(owners, device=x0.device)
             counts = torch.bincount(owner * self.num_classes + votes,
                                     minlength=len(active) * self.num_classes)

@@ -14,8 +14,9 @@ requested radii r_1 < ... < r_m (radius 0, i.e. not abstaining, is always the fi
 - the largest requested radius is certified;
 - even if every remaining sample voted for the class, the bound at N could not reach the next radius;
 - futility: the upper confidence bound at level ``futility`` is below the vote share that would
-  certify the next radius after all N samples. Stopping early can only lower a certificate, never
-  inflate one, so this level trades samples against certified accuracy and does not touch validity;
+  certify the next radius after all N samples. Since the union bound holds at every round at once,
+  no stopping decision can make the reported bound invalid: this level trades samples against
+  certified accuracy, not validity;
 - the last round (N samples) is done.
 """
 
@@ -58,13 +59,14 @@ def cp_upper(counts: np.ndarray | int, n: int, level: float) -> np.ndarray:
     return np.where(c < n, bound, 1.0)
 
 
-def default_radii(sigma: float, n: int, alpha: float, step: float = 0.25) -> tuple[float, ...]:
-    """The summary table's radii that N samples can certify at level α: multiples of ``step`` up to
-    σ·Φ⁻¹(α^(1/N)), the radius of an input whose N votes all go to one class (≤ 12 of them: the step
-    doubles past that, as in the summary table)."""
-    largest = sigma * float(norm.ppf(alpha ** (1.0 / n)))
-    while largest / step > 12:
-        step *= 2
+def default_radii(sigma: float, n: int, level: float) -> tuple[float, ...]:
+    """The summary table's ℓ2 radii that n samples can certify at this level: the table's multiples
+    of 0.25 (or of its larger step) up to σ·Φ⁻¹(level^(1/n)), the radius of an input whose n votes
+    all go to one class."""
+    from certify.summary import l2_step
+
+    largest = sigma * float(norm.ppf(level ** (1.0 / n)))
+    step = l2_step(largest)
     return tuple(round(k * step, 10) for k in range(1, int(largest / step + 1e-9) + 1))
 
 
@@ -79,18 +81,19 @@ class Decision:
 class StoppingRule:
     """The stop/continue decision of sequential certification for one (σ, α, N, radii) setting.
 
-    Decisions are monotone thresholds in the vote count, computed by vectorized numpy, so the same
-    code serves the certifier (one count at a time) and the exact validity check (every count).
+    Decisions are computed by vectorized numpy over vote counts, so the same code serves the
+    certifier (one count at a time) and the exact validity check (every count of a round).
     """
 
-    def __init__(self, sigma: float, alpha: float, n: int, radii: Sequence[float],
+    def __init__(self, sigma: float, alpha: float, n: int, radii: Sequence[float] | None = None,
                  futility: float = 0.1, first_round: int = 512, final_share: float | None = 0.75,
                  futility_target: str = "at_n"):
         """``final_share``: the share of α spent on the last round (the rest split evenly over the
         others; None: α/K for each of the K rounds). Most inputs that reach the last round sit near
         a radius's threshold, where the level matters most; those that stop early have margin. ``futility_target``: what the futility
         test compares p_A with: "threshold" Φ(r/σ), or "at_n" the vote share that would certify r
-        after all N samples (larger, so it gives up sooner)."""
+        after all N samples (larger, so it gives up sooner). ``radii`` None: the summary table's
+        radii that the last round can certify (``default_radii`` at its level)."""
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         if not 0.0 < alpha < 1.0:
@@ -99,10 +102,9 @@ class StoppingRule:
             raise ValueError(f"futility must be in (0, 1), got {futility}")
         if not (isinstance(first_round, int) and first_round >= 1):
             raise ValueError(f"first_round must be a positive integer, got {first_round!r}")
-        if any(not (r > 0 and math.isfinite(r)) for r in radii):
+        if radii is not None and any(not (r > 0 and math.isfinite(r)) for r in radii):
             raise ValueError(f"radii must be positive and finite, got {tuple(radii)}")
         self.sigma, self.alpha, self.n, self.futility = float(sigma), float(alpha), int(n), futility
-        self.radii = tuple(sorted(set(float(r) for r in radii)))
         self.sizes = round_sizes(self.n, first_round)
         k = len(self.sizes)
         share = 1.0 / k if final_share is None or k == 1 else final_share
@@ -111,6 +113,9 @@ class StoppingRule:
         # the union bound: the levels of the K rounds add up to α
         self.levels = (*[self.alpha * (1 - share) / (k - 1)] * (k - 1), self.alpha * share) \
             if k > 1 else (self.alpha,)
+        if radii is None:
+            radii = default_radii(self.sigma, self.n, self.levels[-1])
+        self.radii = tuple(sorted(set(float(r) for r in radii)))
         # p_A thresholds of the targets: 1/2 (not abstaining), then Φ(r/σ) for each requested radius
         self.thresholds = np.concatenate([[0.5], norm.cdf(np.asarray(self.radii) / self.sigma)])
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
