@@ -50,7 +50,7 @@ def vote_counts(radius: np.ndarray, sigma: float, n: int, alpha: float) -> np.nd
 
 def load_truth(path: Path) -> dict:
     side = read_sidecar(path)
-    res = read_results(path)
+    res = read_results(path, allow_partial_last=True)  # a cohen run may still be going
     sigma, n, alpha = float(side["sigma"]), int(side["n"]), float(side["alpha"])
     certified = res.predict >= 0
     p = np.full(len(res), ABSTAINED_P)
