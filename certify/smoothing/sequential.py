@@ -127,10 +127,10 @@ class SequentialSmooth:
                 yield pool.pop(0).result
             if not pool:
                 return
-            self._run_batch([p for p in pool if p.result is None], n0, rule, batch_size)
+            self._run_batch([p for p in pool if p.result is None], rule, batch_size)
 
     @torch.inference_mode()
-    def _run_batch(self, active: list[_Pending], n0: int, rule: StoppingRule, batch_size: int) -> None:
+    def _run_batch(self, active: list[_Pending], rule: StoppingRule, batch_size: int) -> None:
         """One forward batch over the oldest inputs' pending samples, then their decisions."""
         start = time.perf_counter()
         x0 = active[0].x
@@ -166,9 +166,10 @@ class SequentialSmooth:
             item.in_flight = 0
             item.votes = [a + b for a, b in zip(item.votes, counts[slot], strict=True)]
             if item.need == 0:
-                self._end_round(item, n0, rule)
+                self._end_round(item, rule)
 
-    def _end_round(self, item: _Pending, n0: int, rule: StoppingRule) -> None:
+    def _end_round(self, item: _Pending, rule: StoppingRule) -> None:
+        """After a round: pick the class (selection) or apply the rule (estimation)."""
         if item.stage == -1:  # selection done: the most voted class (the first on ties)
             item.guess = max(range(self.num_classes), key=item.votes.__getitem__)
             item.votes = [0] * self.num_classes
