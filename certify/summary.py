@@ -69,8 +69,8 @@ def summary_table(
 ) -> str:
     """Markdown table of certified accuracy per radius, ACR, abstain rate and time per example.
 
-    With several runs the best certified accuracy in each radius column and the best ACR get a
-    ``*`` (ties all marked), as in the reference's markdown tables, so the winner is visible.
+    With several runs a strictly best certified accuracy in a radius column, and a strictly best
+    ACR, get a ``*``, so the winner is visible; a tie (an all-zero column included) marks nothing.
     """
     if len(labels) != len(results_list):
         raise ValueError(f"{len(results_list)} results but {len(labels)} labels")
@@ -84,6 +84,8 @@ def summary_table(
         if len(results_list) < 2 or not nums:
             return column
         best = max(nums)
+        if nums.count(best) > 1:  # no strict winner
+            return column
         return [c + "*" if c != "n/a" and float(c) == best else c for c in column]
 
     for j in range(len(radii)):

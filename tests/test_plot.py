@@ -58,3 +58,26 @@ def test_bad_inputs(tmp_path: Path) -> None:
 def test_all_abstain_still_plots(tmp_path: Path) -> None:
     out = plot_certified_accuracy([make([0.0, 0.0], [0, 0])], ["none"], tmp_path / "z.png")
     assert out.stat().st_size > 0
+
+
+def test_run_names_keep_the_whole_file_name_and_tell_equal_names_apart() -> None:
+    from certify.cli.plot import run_names
+
+    reference = [Path("noise_0.25/test/sigma_0.25"), Path("noise_0.50/test/sigma_0.50"),
+                 Path("noise_1.00/test/sigma_1.00")]
+    assert run_names(reference) == ["sigma_0.25", "sigma_0.50", "sigma_1.00"]  # not 3× "sigma_0"
+    assert run_names([Path("r/seed0/ce.tsv"), Path("r/seed1/ce.tsv"), Path("r/seed1/ldam.tsv")]) \
+        == ["seed0/ce", "seed1/ce", "ldam"]
+    assert run_names([Path("a.tsv"), Path("a.tsv")]) == ["a", "a"]  # nothing left to tell apart
+
+
+def test_certify_without_arguments_prints_the_help(capsys) -> None:
+    import pytest
+
+    from certify.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == ""
+    assert out.startswith("Usage: certify") and "\n  run " in out

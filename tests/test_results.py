@@ -317,11 +317,13 @@ def test_summary_table_two_runs() -> None:
     assert table.splitlines() == [
         "| run | r=0.00 | r=0.25 | r=0.50 | r=0.75 | ACR | abstain | s/example |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        "| base | 0.750* | 0.750* | 0.500* | 0.250* | 0.450* | 25.0% | 2.50 |",
-        "| smoothmix | 0.750* | 0.500 | 0.500* | 0.250* | 0.425 | 0.0% | 1.00 |",
-    ]
+        "| base | 0.750 | 0.750* | 0.500 | 0.250 | 0.450* | 25.0% | 2.50 |",
+        "| smoothmix | 0.750 | 0.500 | 0.500 | 0.250 | 0.425 | 0.0% | 1.00 |",
+    ]  # ties (r = 0, 0.5, 0.75) mark nothing: only strict bests get a *
     single = summary_table([a], ["base"], [0.0])
     assert "*" not in single
+    zeros = summary_table([a, b], ["base", "smoothmix"], [5.0])  # an all-zero column
+    assert "*" not in zeros.splitlines()[2].split("|")[2] + zeros.splitlines()[3].split("|")[2]
 
 
 def test_default_radii() -> None:

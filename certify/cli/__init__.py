@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
 
     tune_malloc()  # large CPU batches otherwise page-fault through fresh memory on every pass
     args = sys.argv[1:] if argv is None else argv
+    if not args:  # the help itself, not a usage error squeezed onto one line
+        args = ["--help"]
     try:
         code = cli.main(args=args, prog_name="certify", standalone_mode=False)
     except click.UsageError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -59,7 +60,7 @@ def plot_command(results: tuple[Path, ...], out: Path, labels: tuple[str, ...],
     if labels and len(labels) != len(results):
         raise UserError(f"{len(labels)} --label for {len(results)} files: give one per file or none")
     runs = [read_results(p) for p in results]
-    names = list(labels) or [p.stem for p in results]
+    names = list(labels) or run_names(results)
     norms = {(read_sidecar(p) or {}).get("norm", "l2") for p in results}
     if len(norms) > 1:
         raise UserError("these files certify different norms (ℓ2 and ℓ∞): plot them separately")
@@ -138,6 +139,22 @@ def _parse_radii(text: str) -> list[float]:
     if not values or any(v < 0 for v in values):
         raise UserError(f"--radii must be non-negative numbers, got {text!r}")
     return values
+
+
+def run_names(paths: Sequence[Path]) -> list[str]:
+    """Legend names: each file's name (without a .tsv extension), with as many parent folders as it
+    takes to tell equal names apart (``seed0/ce``, ``seed1/ce``). ``Path.stem`` would cut the
+    reference files ``sigma_0.25`` and ``sigma_0.50`` both down to ``sigma_0``."""
+    parts = [p.parts[:-1] + ((p.name[:-4] if p.name.endswith(".tsv") else p.name),) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(part[-d:]) for part, d in zip(parts, depth, strict=True)]
+        clash = [i for i, name in enumerate(names)
+                 if names.count(name) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return names
+        for i in clash:
+            depth[i] += 1
 
 
 COMMANDS = [plot_command]
