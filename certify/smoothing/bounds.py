@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from scipy.stats import norm
-
 
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 − α) Clopper-Pearson lower bound on a binomial proportion from n_a of n.
@@ -18,6 +16,8 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
 
 def gaussian_radius(p_lower: float, sigma: float) -> float:
     """ℓ2 radius σ·Φ⁻¹(p) certified by Gaussian smoothing when the top class has probability ≥ p."""
+    from scipy.stats import norm  # slow import: only when certifying
+
     return float(sigma * norm.ppf(p_lower))
 
 

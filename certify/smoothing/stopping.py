@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta, norm
 
 __all__ = ["StoppingRule", "cp_lower", "cp_upper", "default_radii", "overcertification_probability",
            "round_sizes", "stopping_distribution"]
@@ -45,6 +44,8 @@ def round_sizes(n: int, first_round: int = 512) -> tuple[int, ...]:
 
 def cp_lower(counts: np.ndarray | int, n: int, level: float) -> np.ndarray:
     """One-sided (1 − level) Clopper-Pearson lower bound on p from ``counts`` successes in n trials."""
+    from scipy.stats import beta  # scipy.stats takes ~1 s to import: only when certifying
+
     c = np.asarray(counts, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         bound = beta.ppf(level, c, n - c + 1)
@@ -53,6 +54,8 @@ def cp_lower(counts: np.ndarray | int, n: int, level: float) -> np.ndarray:
 
 def cp_upper(counts: np.ndarray | int, n: int, level: float) -> np.ndarray:
     """One-sided (1 − level) Clopper-Pearson upper bound on p from ``counts`` successes in n trials."""
+    from scipy.stats import beta
+
     c = np.asarray(counts, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         bound = beta.ppf(1.0 - level, c + 1, n - c)
@@ -63,6 +66,8 @@ def default_radii(sigma: float, n: int, level: float) -> tuple[float, ...]:
     """The summary table's ℓ2 radii that n samples can certify at this level: the table's multiples
     of 0.25 (or of its larger step) up to σ·Φ⁻¹(level^(1/n)), the radius of an input whose n votes
     all go to one class."""
+    from scipy.stats import norm
+
     from certify.summary import l2_step
 
     largest = sigma * float(norm.ppf(level ** (1.0 / n)))
@@ -94,6 +99,8 @@ class StoppingRule:
         test compares p_A with: "threshold" Φ(r/σ), or "at_n" the vote share that would certify r
         after all N samples (larger, so it gives up sooner). ``radii`` None: the summary table's
         radii that the last round can certify (``default_radii`` at its level)."""
+        from scipy.stats import norm
+
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         if not 0.0 < alpha < 1.0:
@@ -166,6 +173,8 @@ class StoppingRule:
 
     def radius(self, p_lower: float) -> float:
         """The certified radius σ·Φ⁻¹(p_lower), or 0.0 below 1/2 (an abstention)."""
+        from scipy.stats import norm
+
         return float(self.sigma * norm.ppf(p_lower)) if p_lower >= 0.5 else 0.0
 
 
