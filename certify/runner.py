@@ -125,7 +125,7 @@ def run_certification(spec: RunSpec, progress: bool = True) -> Path:
             return out  # a finished run: leave its sidecar as it was
         write_sidecar(out, sidecar)
         _certify_rows(method, data, todo, writer, progress)
-    extra = read_results(out).columns
+    extra = read_results(out).columns if method.columns else {}  # totals come from extra columns
     sidecar.update(complete=True, finished=_now(), **method.totals(extra),
                    wall_time=round(earlier_wall + time.perf_counter() - start, 3))
     write_sidecar(out, sidecar)
