@@ -1,4 +1,5 @@
-"""Calibration metrics: ECE, classwise ECE and the reliability diagram (spec ``imbalance_noise.md`` §13).
+"""Calibration metrics: ECE, classwise ECE and the reliability diagram
+(docs/long_tail_noisy.md#calibration-metrics).
 
 Pinned to the CALS repo's definitions (Guo et al. 2017; Kull et al. 2019), because libraries
 disagree on the defaults:

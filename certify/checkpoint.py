@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from certify.errors import UserError
-from certify.fsutil import atomic_writer
+from certify.fsutil import atomic_writer, check_output_path
 
 FORMAT = "certify-checkpoint"
 FORMAT_VERSION = 1
@@ -81,8 +81,7 @@ class Checkpoint:
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
     """Write atomically: temporary file in the same directory, fsync, rename."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"cannot write checkpoint {path}: directory {path.parent} does not exist")
+    check_output_path(path, "checkpoint")
     with atomic_writer(path, "wb") as f:
         torch.save(checkpoint.to_dict(), f)
     return path

@@ -16,9 +16,11 @@ certification TSV of ``certify run`` adds certified accuracy per class and per g
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,8 @@ from torch.utils.data import DataLoader
 
 from certify.calibration import classwise_ece, expected_calibration_error
 from certify.errors import UserError
-from certify.results import Results
+from certify.fsutil import atomic_write_text, check_output_path
+from certify.results import Results, check_writable, read_results, read_sidecar, sidecar_path
 from certify.set_prediction import (average_k_threshold, average_k_tie_fraction, average_k_sets,
                                     mean_set_size, set_error, top_k_sets)
 
@@ -352,3 +355,155 @@ def format_certified_report(cert: Mapping[str, Any], classes: Sequence[str] | No
                          + f"   {_class_list(g['classes'])}")
     return "\n".join(lines)
 
+
+# --------------------------------------------------------------------------------------------
+# ``certify eval`` as one call: checks, the pass over the split, the report and its files
+
+SHOTS_SKIPPED = "shot groups: skipped (training class counts not recorded in the checkpoint)"
+
+
+@dataclass
+class EvalSpec:
+    """Everything ``certify eval`` needs; an output path left None is not written."""
+
+    checkpoint: Path
+    split: str = "test"
+    k: int = 2
+    many: float | None = None  # shot-group thresholds (None: n_max/5 and n_max/25)
+    few: float | None = None
+    results: Path | None = None  # 'certify run' TSV of this checkpoint: certified accuracy per class
+    radii: tuple[float, ...] = ()  # its columns; (): default_class_radii
+    diagram: Path | None = None  # reliability diagram (PNG)
+    json_out: Path | None = None
+    class_plot: Path | None = None  # certified accuracy per class (.png/.pdf); needs ``results``
+    batch: int = 1000
+    device: torch.device | str = "cpu"
+    data_dir: str | None = None
+
+
+@dataclass
+class EvalReport:
+    """What :func:`run_evaluation` measured; :func:`format_evaluation` turns it into text."""
+
+    metrics: dict[str, Any]  # :func:`report`'s
+    certified: dict[str, Any] | None  # :func:`certified_report`'s with its source, when ``results``
+    classes: tuple[str, ...] | None  # class names, when the dataset's match the model
+    class_counts: list[int] | None  # training images per class, when the checkpoint records them
+
+
+def run_evaluation(spec: EvalSpec) -> EvalReport:
+    """Measure ``spec.checkpoint`` on its split and write the files ``spec`` asks for.
+
+    Every option and input file is checked before the pass over the data, so a mistake costs
+    seconds, not the whole evaluation.
+    """
+    from certify.checkpoint import load_checkpoint
+    from certify.data import dataset_info, load_dataset
+
+    ckpt = load_checkpoint(spec.checkpoint)
+    _check_spec(spec, ckpt.num_classes)
+    counts = ckpt.training.get("class_counts")
+    if counts is not None and len(counts) != ckpt.num_classes:
+        raise UserError(f"{spec.checkpoint} records {len(counts)} training class counts for "
+                        f"{ckpt.num_classes} classes: a damaged checkpoint")
+    certified = _certified_input(spec, ckpt) if spec.results is not None else None
+    classes = dataset_info(ckpt.dataset).classes
+    classes = classes if len(classes) == ckpt.num_classes else None
+    data = load_dataset(ckpt.dataset, spec.split, data_dir=spec.data_dir)
+    pred = predict_probabilities(ckpt.build_model(spec.device), data, spec.device, spec.batch)
+    metrics = report(pred, spec.k, class_counts=counts, many=spec.many, few=spec.few)
+    cert = None
+    if certified is not None:
+        results, split, radii, norm = certified
+        cert = {"results": str(spec.results), "split": split,
+                **certified_report(results, ckpt.num_classes, radii, norm, counts, spec.many, spec.few)}
+    evaluation = EvalReport(metrics, cert, classes, counts)
+    _write_outputs(spec, evaluation, pred)
+    return evaluation
+
+
+def format_evaluation(evaluation: EvalReport) -> str:
+    """The report as ``certify eval`` prints it: metrics, shot groups, certified table."""
+    parts = [format_report(evaluation.metrics, evaluation.classes)]
+    if evaluation.class_counts is None:
+        parts.append(SHOTS_SKIPPED)
+    if evaluation.certified is not None:
+        parts.append(format_certified_report(evaluation.certified, evaluation.classes,
+                                             evaluation.class_counts))
+    return "\n".join(parts)
+
+
+def _check_spec(spec: EvalSpec, num_classes: int) -> None:
+    """Options that contradict each other or the model, and unwritable outputs."""
+    if spec.k >= num_classes:
+        raise UserError(f"--k must be below the number of classes ({num_classes}), got {spec.k}")
+    for path in (spec.diagram, spec.json_out, spec.class_plot):
+        if path is not None:
+            check_output_path(path)
+    if spec.results is None:
+        if spec.class_plot is not None:
+            raise UserError("--class-plot draws certified accuracy per class: it needs the "
+                            "certification results of this checkpoint, --results TSV")
+        if spec.radii:
+            raise UserError("--radius sets the columns of the per-class certified accuracy: it needs "
+                            "--results TSV")
+    if spec.class_plot is not None:
+        from certify.plot import plot_format
+
+        plot_format(spec.class_plot)
+        check_writable(spec.class_plot)
+    many, few = spec.many, spec.few
+    if many is not None and few is not None and few > many:
+        raise UserError(f"--few ({few:g}) must not exceed --many ({many:g})")
+    for name, value in (("--many", many), ("--few", few), *(("--radius", r) for r in spec.radii)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value}")
+    if any(r < 0 for r in spec.radii):
+        raise UserError(f"--radius must be non-negative, got {min(spec.radii):g}")
+
+
+def _certified_input(spec: EvalSpec, ckpt: Any) -> tuple[Results, Any, tuple[float, ...], str]:
+    """The results table of ``spec.results``, checked against the checkpoint: (results, its
+    split, the radii of the table, its norm)."""
+    from certify.summary import check_norm
+
+    path = spec.results
+    results = read_results(path)
+    sidecar = read_sidecar(path) or {}
+    recorded = sidecar.get("checkpoint_sha256")
+    if recorded and recorded != ckpt.sha256:
+        raise UserError(f"{path} was certified with another checkpoint (its sidecar "
+                        f"{sidecar_path(path)} records sha256 {recorded[:12]}…, "
+                        f"{spec.checkpoint} is {ckpt.sha256[:12]}…)")
+    if len(results) == 0:
+        raise UserError(f"{path} has no rows: nothing to report per class")
+    check_labels(results, ckpt.num_classes)
+    norm = sidecar.get("norm", "l2")
+    check_norm(norm)
+    radii = tuple(sorted(set(spec.radii))) if spec.radii else tuple(default_class_radii(results, norm))
+    return results, sidecar.get("split"), radii, norm
+
+
+def _write_outputs(spec: EvalSpec, evaluation: EvalReport, pred: Predictions) -> None:
+    """The class plot, reliability diagram and JSON that ``spec`` names."""
+    cert, counts = evaluation.certified, evaluation.class_counts
+    if cert is not None and spec.class_plot is not None:
+        from certify.plot import plot_per_class_certified
+
+        plot_per_class_certified([cert["per_class"]], [spec.checkpoint.stem], cert["radii"],
+                                 spec.class_plot, class_names=evaluation.classes,
+                                 class_counts=counts, norm=cert["norm"],
+                                 title=f"{spec.checkpoint.name}: certified accuracy per class")
+    if spec.diagram is not None:
+        from certify.calibration import reliability_diagram
+
+        confidence, predicted = pred.probs.max(1)
+        reliability_diagram(confidence, predicted == pred.labels, spec.diagram,
+                            title=spec.checkpoint.stem)
+    if spec.json_out is not None:
+        extra: dict[str, Any] = {} if counts is not None else {"class_counts": None, "shots": None}
+        if cert is not None:
+            extra["certified"] = cert
+        atomic_write_text(spec.json_out, json.dumps({"checkpoint": str(spec.checkpoint),
+                                                     "split": spec.split, **evaluation.metrics,
+                                                     **extra}, indent=2) + "\n")

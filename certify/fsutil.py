@@ -14,7 +14,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+from certify.errors import UserError
+
+__all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "check_output_path",
+           "fsync_dir"]
+
+
+def check_output_path(path: str | os.PathLike[str], what: str = "") -> None:
+    """Refuse an output whose directory is missing, before any work that would be lost.
+
+    ``what`` names the file in the message ("checkpoint", "log"): "cannot write checkpoint
+    m.pt: directory runs does not exist". A parent that exists but is a file gets its own reason.
+    """
+    p = Path(path)
+    parent = p.parent
+    name = f"{what} {p}" if what else str(p)
+    if not parent.exists():
+        raise UserError(f"cannot write {name}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise UserError(f"cannot write {name}: {parent} is not a directory")
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -29,11 +30,12 @@ from torch.utils.data import DataLoader
 
 from certify.checkpoint import Checkpoint
 from certify.errors import UserError
+from certify.fsutil import check_output_path
 from certify.nets.cosine import NormedLinear, classifier_head
 
 __all__ = ["GeneratedFeatures", "extract_features", "class_statistics", "tukey", "head_classes",
            "neighbour_classes", "seeds_per_feature", "generate_features", "retrain_head", "check_checkpoint",
-           "calibrate_checkpoint"]
+           "calibrate_checkpoint", "LadcSpec", "LadcReport", "run_ladc", "format_ladc"]
 
 COV_JITTER = 1e-4  # TailCalib's diagonal term: Σ' from few or collinear features is often singular
 WEIGHT_DECAY = 5e-4
@@ -291,3 +293,91 @@ def calibrate_checkpoint(ckpt: Checkpoint, train_dataset: Any, class_counts: Seq
     return replace(ckpt, state_dict={name: v.detach().cpu().clone() for name, v in model.state_dict().items()},
                    training={**copy.deepcopy(ckpt.training), "ladc": record}, metrics={},
                    resume_state={}, command="", path=None, sha256="", reference_format=False)
+
+
+# --------------------------------------------------------------------------------------------
+# ``certify ladc`` as one call: the source's training data, before/after test accuracy, the file
+
+
+@dataclass
+class LadcSpec:
+    """Everything ``certify ladc`` needs: the source checkpoint, where the calibrated one goes
+    (it must not exist yet) and :func:`calibrate_checkpoint`'s settings."""
+
+    checkpoint: Path
+    out: Path
+    k: int = 3
+    alpha: float = 0.0
+    tukey_lambda: float = 1.0
+    epochs: int = 10
+    lr: float = 0.1
+    batch: int = 512
+    seed: int = 0
+    device: torch.device | str = "cpu"
+    data_dir: str | None = None
+    command: str = ""  # recorded in the calibrated checkpoint
+
+
+@dataclass
+class LadcReport:
+    """What :func:`run_ladc` did; :func:`format_ladc` turns it into text."""
+
+    checkpoint: Checkpoint  # the calibrated one, as saved (its LADC record: training["ladc"])
+    out: Path
+    before: tuple[float, float]  # (test accuracy, balanced accuracy) of the source
+    after: tuple[float, float]  # the same for the calibrated checkpoint
+    classes: tuple[str, ...]  # the dataset's class names
+
+
+def run_ladc(spec: LadcSpec) -> LadcReport:
+    """Calibrate ``spec.checkpoint`` on the exact data it was trained on, measure test accuracy
+    before and after (the only evidence LADC helped) and save the result to ``spec.out``."""
+    from certify.checkpoint import load_checkpoint, save_checkpoint
+    from certify.data import dataset_info, load_dataset
+    from certify.training.views import checkpoint_training_data
+
+    out = Path(spec.out)
+    if out.exists():
+        raise UserError(f"{out} already exists; choose another --out or remove it first")
+    check_output_path(out)
+    ckpt = load_checkpoint(spec.checkpoint)
+    check_checkpoint(ckpt, spec.tukey_lambda)
+    data = checkpoint_training_data(ckpt, spec.data_dir)
+    test_set = load_dataset(ckpt.dataset, "test", data_dir=spec.data_dir)
+    before = _test_accuracies(ckpt, test_set, spec.device)
+    counts = ckpt.training.get("class_counts") or data.class_counts  # older checkpoints lack it
+    new = calibrate_checkpoint(ckpt, data.train, counts, spec.device, k=spec.k, alpha=spec.alpha,
+                               tukey_lambda=spec.tukey_lambda, epochs=spec.epochs, lr=spec.lr,
+                               batch_size=spec.batch, seed=spec.seed)
+    after = _test_accuracies(new, test_set, spec.device)
+    new.metrics = {"test_acc": round(after[0], 5), "test_balanced_acc": round(after[1], 5),
+                   "test_acc_before_ladc": round(before[0], 5),
+                   "test_balanced_acc_before_ladc": round(before[1], 5)}
+    new.command = spec.command
+    save_checkpoint(new, out)
+    return LadcReport(new, out, before, after, dataset_info(ckpt.dataset).classes)
+
+
+def format_ladc(report: LadcReport) -> str:
+    """Generated features per class (and the head classes they came from), then test accuracy
+    and balanced accuracy before and after."""
+    record = report.checkpoint.training["ladc"]
+    classes = report.classes
+    lines = [f"generated features per class (up to {max(record['class_counts'])} each):"]
+    for c, (real, made) in enumerate(zip(record["class_counts"], record["generated"])):
+        name = classes[c] if c < len(classes) else str(c)
+        hood = " ".join(map(str, record["neighbours"][c][1:]))
+        lines.append(f"  {name:<16} real {real:>6}  generated {made:>6}"
+                     + (f"  from heads {hood}" if hood else ""))
+    for label, (acc, balanced) in (("before", report.before), ("after", report.after)):
+        lines.append(f"{label:<7} test accuracy {acc:.4f}  balanced accuracy {balanced:.4f}")
+    return "\n".join(lines)
+
+
+def _test_accuracies(ckpt: Checkpoint, test_set: Any, device: torch.device | str) -> tuple[float, float]:
+    """(accuracy, balanced accuracy over the classes present in the split)."""
+    from certify.evaluation import per_class_accuracy, predict_probabilities
+
+    pred = predict_probabilities(ckpt.build_model(device), test_set, device)
+    per_class = [a for a in per_class_accuracy(pred) if not math.isnan(a)]
+    return (pred.probs.argmax(1) == pred.labels).float().mean().item(), sum(per_class) / len(per_class)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,11 +16,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from certify.errors import UserError  # noqa: E402
-from certify.fsutil import atomic_writer  # noqa: E402
-from certify.results import Results, check_writable  # noqa: E402
-from certify.summary import check_norm, largest_radius  # noqa: E402
+from certify.fsutil import atomic_write_text, atomic_writer  # noqa: E402
+from certify.results import Results, check_writable, read_results, read_sidecar  # noqa: E402
+from certify.summary import check_norm, default_radii, largest_radius, summary_table  # noqa: E402
 
-__all__ = ["plot_certified_accuracy", "plot_per_class_certified", "plot_format", "GRID_POINTS"]
+__all__ = ["plot_certified_accuracy", "plot_per_class_certified", "plot_format", "GRID_POINTS",
+           "PlotSpec", "make_plot", "run_names"]
 
 GRID_POINTS = 400  # grid intervals between 0 and max_radius
 _MIN_MAX_RADIUS = 0.01  # x range when nothing was certified beyond radius 0
@@ -177,3 +180,121 @@ def plot_per_class_certified(
         plt.close(fig)
     return out
 
+
+# --------------------------------------------------------------------------------------------
+# ``certify plot`` as one call: results files in, figure and Markdown table out
+
+
+@dataclass
+class PlotSpec:
+    """Everything ``certify plot`` needs; ``results`` are TSV files of 'certify run' or of the
+    public smoothing repositories."""
+
+    results: Sequence[Path]
+    out: Path  # the figure, .png or .pdf
+    labels: Sequence[str] = ()  # legend names, one per file; (): run_names(results)
+    max_radius: float | None = None  # right end of the x axis; None: just past the largest radius
+    radii: Sequence[float] | None = None  # table columns (per class: panels); None: defaults
+    title: str | None = None
+    table_out: Path | None = None  # also write the Markdown table here
+    per_class: bool = False  # bars of certified accuracy per class instead of the curves
+    counts_from: Path | None = None  # per class: checkpoint whose training counts label the classes
+
+
+def make_plot(spec: PlotSpec) -> str:
+    """Draw ``spec``'s figure, write its table where asked, and return the table (Markdown).
+
+    Outputs and labels are checked before any file is read, and files that certify different
+    norms are refused: their radii share no axis.
+    """
+    for path in (spec.out, spec.table_out):
+        if path is not None:
+            check_writable(path)
+    paths = [Path(p) for p in spec.results]
+    if spec.labels and len(spec.labels) != len(paths):
+        raise UserError(f"{len(spec.labels)} --label for {len(paths)} files: give one per file or none")
+    runs = [read_results(p) for p in paths]
+    names = list(spec.labels) or run_names(paths)
+    norms = {(read_sidecar(p) or {}).get("norm", "l2") for p in paths}
+    if len(norms) > 1:
+        raise UserError("these files certify different norms (ℓ2 and ℓ∞): plot them separately")
+    norm = norms.pop()
+    if spec.per_class:
+        table = _per_class(spec, paths, runs, names, norm)
+    elif spec.counts_from is not None:
+        raise UserError("--counts-from labels the classes of --per-class: add --per-class")
+    else:
+        columns = list(spec.radii) if spec.radii else default_radii(runs, norm)
+        plot_certified_accuracy(runs, names, spec.out, max_radius=spec.max_radius, norm=norm,
+                                title=spec.title)
+        table = summary_table(runs, names, columns)
+    if spec.table_out is not None:
+        atomic_write_text(spec.table_out, table)
+    return table
+
+
+def _per_class(spec: PlotSpec, paths: list[Path], runs: list[Results], names: list[str],
+               norm: str) -> str:
+    """Draw the per-class figure and return its numbers as a Markdown table."""
+    from certify.data import dataset_info
+    from certify.evaluation import default_class_radii, per_class_certified_accuracy
+
+    sidecars = [read_sidecar(p) or {} for p in paths]
+    datasets = {s.get("dataset") for s in sidecars}
+    if len(datasets) != 1 or None in datasets:
+        raise UserError("--per-class needs results of 'certify run' on one dataset (their JSON sidecars "
+                        "name it): " + ", ".join(f"{p}: {s.get('dataset', 'no sidecar')}"
+                                                  for p, s in zip(paths, sidecars)))
+    info = dataset_info(datasets.pop())
+    columns = list(spec.radii) if spec.radii else default_class_radii(runs[0], norm)
+    curves = [per_class_certified_accuracy(r, info.num_classes, columns) for r in runs]
+    counts = _class_counts(spec.counts_from, sidecars[0], info.num_classes)
+    plot_per_class_certified(curves, names, columns, spec.out, class_names=info.classes,
+                             class_counts=counts, norm=norm, title=spec.title)
+    head = "| class | training images | " + " | ".join(
+        f"{name} r={r:g}" for r in columns for name in names) + " |"
+    rows = [head, "|---|---:|" + "---:|" * (len(columns) * len(names))]
+    for c, cls in enumerate(info.classes):
+        cells = [f"{curve[c, j]:.3f}" for j in range(len(columns)) for curve in curves]
+        rows.append(f"| {cls} | {counts[c] if counts else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _class_counts(counts_from: Path | None, sidecar: dict[str, Any],
+                  num_classes: int) -> list[int] | None:
+    """Training images per class from --counts-from, or from the checkpoint the sidecar names
+    when that file is still there unchanged; None when neither records them."""
+    from certify.checkpoint import load_checkpoint
+
+    if counts_from is None:
+        path = sidecar.get("checkpoint")
+        if not path or not Path(path).is_file():
+            return None
+        ckpt = load_checkpoint(path)
+        if ckpt.sha256 != sidecar.get("checkpoint_sha256"):
+            return None
+    else:
+        ckpt = load_checkpoint(counts_from)
+    counts = ckpt.training.get("class_counts")
+    if counts is None and counts_from is not None:
+        raise UserError(f"{counts_from} does not record its training images per class "
+                        f"(it was not trained by this version of certify train)")
+    if counts is not None and len(counts) != num_classes:
+        raise UserError(f"{ckpt.path} records {len(counts)} class counts for {num_classes} classes")
+    return counts
+
+
+def run_names(paths: Sequence[Path]) -> list[str]:
+    """Legend names: each file's name (without a .tsv extension), with as many parent folders as it
+    takes to tell equal names apart (``seed0/ce``, ``seed1/ce``). ``Path.stem`` would cut the
+    reference files ``sigma_0.25`` and ``sigma_0.50`` both down to ``sigma_0``."""
+    parts = [p.parts[:-1] + ((p.name[:-4] if p.name.endswith(".tsv") else p.name),) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(part[-d:]) for part, d in zip(parts, depth, strict=True)]
+        clash = [i for i, name in enumerate(names)
+                 if names.count(name) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return names
+        for i in clash:
+            depth[i] += 1

@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from certify.errors import UserError
-from certify.fsutil import atomic_write_text
+from certify.fsutil import atomic_write_text, check_output_path
 
 __all__ = [
     "HEADER",
@@ -285,10 +285,7 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     parent = p.parent
     if p.is_dir():
         raise UserError(f"cannot write {p}: it is a directory")
-    if not parent.exists():
-        raise UserError(f"cannot write {p}: directory {parent} does not exist")
-    if not parent.is_dir():
-        raise UserError(f"cannot write {p}: {parent} is not a directory")
+    check_output_path(p)
     if p.exists():
         if not os.access(p, os.W_OK):
             raise UserError(f"cannot write {p}: permission denied")

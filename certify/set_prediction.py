@@ -1,4 +1,4 @@
-"""Set-valued prediction: average-k and top-k sets (spec ``imbalance_noise.md`` §3).
+"""Set-valued prediction: average-k and top-k sets (docs/long_tail_noisy.md#average-k-sets).
 
 Top-k returns exactly k classes for every input. Average-k (Denis & Hebiri 2017; Lorieul et al.,
 arXiv 2112.08851) returns Γ(x) = {j : p̂_j(x) ≥ λ̂}: ambiguous inputs get large sets, easy ones
@@ -11,7 +11,7 @@ Without a tie at the cut (s_(nk) > s_(nk+1)) exactly n·k held-out scores are �
 held-out set size is exactly k. With a tie, λ̂ = s_(nk) and every tied score is included, so the
 mean size exceeds k; :func:`average_k_tie_fraction` gives the probability q with which to keep a
 score equal to λ̂ so that the expected size is k again (the randomization Denis & Hebiri call for;
-neither reference repo does it). The quantile form quoted in the spec,
+neither reference repo does it). The third-party quantile form (see the docs),
 ``np.quantile(scores, 1 − k/C, method='lower')``, is s_(nk+1), the lower end of the midpoint's
 interval: with the ≥ rule it admits one extra score, so it matches only with a strict >.
 """

@@ -42,5 +42,47 @@ def test_tuning_stops_page_faults_on_large_batches():
     assert tuned * 4 < plain, (tuned, plain)
 
 
-def test_tuning_is_idempotent():
-    assert tune_malloc() == tune_malloc()
+class FakeMallopt:
+    """Records mallopt calls instead of changing this test process's heap."""
+
+    def __init__(self, result: int = 1):
+        self.calls: list[tuple[int, int]] = []
+        self.result = result
+
+    def __call__(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return self.result
+
+
+class FakeLibc:
+    def __init__(self, result: int = 1):
+        self.mallopt = FakeMallopt(result)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+@pytest.mark.parametrize("result", [1, 0])
+def test_tuning_sets_both_thresholds_once_and_caches_the_outcome(monkeypatch, result):
+    import certify.allocator as allocator
+
+    libc = FakeLibc(result)
+    monkeypatch.setattr(allocator, "_tuned", None)
+    monkeypatch.delenv(allocator.OPT_OUT, raising=False)
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda _name: libc)
+    first = tune_malloc()
+    assert first is bool(result)
+    # mallopt returns 0 on failure: the trim threshold is then not attempted
+    both = [(allocator.M_MMAP_THRESHOLD, 1 << 30), (allocator.M_TRIM_THRESHOLD, (1 << 31) - 1)]
+    expected = both if result else both[:1]
+    assert libc.mallopt.calls == expected
+    assert tune_malloc() is first and libc.mallopt.calls == expected  # cached: no second mallopt
+
+
+def test_opt_out_leaves_malloc_alone(monkeypatch):
+    import certify.allocator as allocator
+
+    libc = FakeLibc()
+    monkeypatch.setattr(allocator, "_tuned", None)
+    monkeypatch.setenv(allocator.OPT_OUT, "1")
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda _name: libc)
+    assert tune_malloc() is False and tune_malloc() is False
+    assert libc.mallopt.calls == []

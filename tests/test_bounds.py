@@ -1,4 +1,4 @@
-"""The certificate's statistics against the spec's table (spec/smoothing.md §6)."""
+"""The certificate's statistics against the table in docs/smoothing.md#anchor-values."""
 
 import math
 

@@ -46,6 +46,26 @@ def test_registry_facts() -> None:
     assert dataset_info("CIFAR10") is cifar
 
 
+def test_registry_holds_the_linf_statistics_and_noise_maps() -> None:
+    from dataclasses import replace
+
+    from certify.data.noisy_labels import ASYMMETRIC_PAIRS, dataset_pairs
+    from certify.linf_dist.nets import linf_normalization
+
+    # the ℓ∞-dist references' statistics: their own mean, one std for every channel
+    assert linf_normalization(dataset_info("cifar10")) == ((0.4914, 0.4822, 0.4465), (0.2009,) * 3)
+    assert linf_normalization(dataset_info("mnist")) == ((0.1307,), (0.3081,))
+    assert linf_normalization(dataset_info("fashion-mnist")) == ((0.2860,), (0.3520,))
+    # a dataset without them: its own mean and the average of its stds
+    plain = replace(dataset_info("cifar10"), std=(0.1, 0.2, 0.6), linf_mean=None, linf_std=None)
+    assert linf_normalization(plain) == (plain.mean, (pytest.approx(0.3),) * 3)
+    assert dataset_pairs("cifar10") == {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
+    assert dataset_pairs("mnist") == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+    assert dataset_pairs("fashion-mnist") == {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 9: 7}
+    assert dataset_pairs("svhn") is None
+    assert ASYMMETRIC_PAIRS == {name: dataset_pairs(name) for name in available_datasets()}
+
+
 def test_unknown_dataset_lists_known_names() -> None:
     with pytest.raises(UserError, match="known datasets: cifar10, fashion-mnist, mnist"):
         dataset_info("imagenet")

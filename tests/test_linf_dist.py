@@ -1,5 +1,5 @@
 """ℓ∞-distance nets: the op's numerics (eager backend and dispatch), bounds, layers, nets, losses,
-schedules (spec linf_dist.md §8), and the soundness of the certificate under a PGD attack."""
+schedules (docs/linf_dist.md test values), and the soundness of the certificate under a PGD attack."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from certify.linf_dist.certifier import interval_radii, lipschitz_radii, split_m
 from certify.linf_dist.layers import INF, LpDistConv2d, LpDistLinear, MeanShift, get_p, set_p
 from certify.linf_dist.nets import LinfDistNet
 from certify.linf_dist.reference import linf_dist_bounds_reference, lp_dist_reference
-from certify.linf_dist.schedules import cosine_factor, lambda_at, p_at, ramp
+from certify.linf_dist.schedules import lambda_at, p_at, ramp
+from certify.training.optim import cosine_factor
 from certify.nets import build_model
 from certify.objectives.linf_margin import clipped_hinge, multiclass_hinge
 
@@ -345,7 +346,8 @@ def test_mixture_loss_uses_the_scaled_logits_and_lambda():
     assert stats["lambda"] == 0.5
 
 
-# ---- schedules (spec §8d: v2 CIFAR 8/255, N = 98, p from epoch 100 to 1250 of 1300) ----
+# ---- schedules (docs/linf_dist.md#training-schedule: v2 CIFAR 8/255, N = 98,
+# p from epoch 100 to 1250 of 1300) ----
 
 @pytest.mark.parametrize("epoch,p", [(100, 8.0), (499, 42.72), (675, 89.443), (999, 348.60),
                                      (1199, 807.25), (1250, INF), (1299, INF), (0, 8.0)])

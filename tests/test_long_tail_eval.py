@@ -37,7 +37,8 @@ def test_default_thresholds_scale_oltr_to_the_dataset():
     g = shot_groups(FMNIST_LT_100)
     assert g["thresholds"] == {"many": 1200, "few": 240}
     assert g["classes"] == {"many": [0, 1, 2, 3], "medium": [4, 5, 6], "few": [7, 8, 9]}
-    # CIFAR-100-LT (n_max 500): exactly OLTR's 100/20 and the spec's 35/35/30 classes at ρ = 100
+    # CIFAR-100-LT (n_max 500): exactly OLTR's 100/20 and the 35/35/30 classes at ρ = 100
+    # (docs/long_tail_noisy.md#shot-groups)
     cifar = shot_groups([int(500 * 0.01 ** (i / 99)) for i in range(100)])
     assert cifar["thresholds"] == {"many": 100, "few": 20}
     assert [len(cifar["classes"][s]) for s in ("many", "medium", "few")] == [35, 35, 30]
@@ -237,6 +238,29 @@ def test_eval_with_results_adds_certified_accuracy_per_class(lt_checkpoint, fake
     assert json.loads(out.read_text())["certified"]["radii"] == [0.0, 0.25, 0.5]
 
 
+def test_run_evaluation_is_what_the_command_prints_and_writes(lt_checkpoint, fake_fmnist, tmp_path,
+                                                              capsys):
+    from certify.evaluation import EvalSpec, format_evaluation, run_evaluation
+
+    tsv = write_tsv(tmp_path / "r.tsv", sidecar={"checkpoint_sha256": file_sha256(lt_checkpoint),
+                                                 "norm": "l2", "split": "test"})
+    spec = EvalSpec(checkpoint=lt_checkpoint, results=tsv, radii=(0.0, 0.25),
+                    json_out=tmp_path / "lib.json", data_dir=str(fake_fmnist))
+    evaluation = run_evaluation(spec)
+    assert evaluation.class_counts == FMNIST_LT_100 and evaluation.classes[7] == "Sneaker"
+    assert evaluation.certified["per_class"][4] == [1, 0]  # Coat: correct at 0.1 only
+    assert cli("eval", lt_checkpoint, "--data-dir", fake_fmnist, "--device", "cpu", "--results", tsv,
+               "--radius", "0", "--radius", "0.25", "--json", tmp_path / "cli.json") == 0
+    assert capsys.readouterr().out == format_evaluation(evaluation) + "\n"
+    library, command = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lib", "cli"))
+    assert library.pop("checkpoint") == command.pop("checkpoint") == str(lt_checkpoint)
+    assert json.dumps(library) == json.dumps(command)  # nan-safe equality
+    with pytest.raises(UserError, match="--k must be below the number of classes"):
+        run_evaluation(EvalSpec(checkpoint=lt_checkpoint, k=10))
+    with pytest.raises(UserError, match=r"cannot write .*o\.json: directory .* does not exist"):
+        run_evaluation(EvalSpec(checkpoint=lt_checkpoint, json_out=tmp_path / "no" / "o.json"))
+
+
 @pytest.mark.parametrize("case", ["hash", "plot_without_results", "label"])
 def test_eval_errors(case, lt_checkpoint, fake_fmnist, tmp_path, capsys):
     args = ["eval", lt_checkpoint, "--data-dir", fake_fmnist, "--device", "cpu"]
@@ -285,3 +309,17 @@ def test_plot_per_class_errors(lt_checkpoint, tmp_path, capsys):
     good = write_tsv(tmp_path / "good.tsv", sidecar={"dataset": "fashion-mnist"})
     assert cli("plot", good, "--counts-from", lt_checkpoint, "--out", tmp_path / "y.png") == 2
     assert "--per-class" in one_error_line(capsys.readouterr().err)
+
+
+def test_make_plot_returns_the_per_class_table(lt_checkpoint, tmp_path):
+    from certify.plot import PlotSpec, make_plot
+
+    side = {"dataset": "fashion-mnist", "norm": "l2"}
+    a = write_tsv(tmp_path / "a.tsv", sidecar=side)
+    table = make_plot(PlotSpec(results=[a], out=tmp_path / "c.png", radii=[0.0, 0.35],
+                               per_class=True, counts_from=lt_checkpoint, table_out=tmp_path / "t.md"))
+    assert (tmp_path / "t.md").read_text() == table
+    assert f"| Trouser | {FMNIST_LT_100[1]} | 1.000 | 1.000 |" in table.splitlines()
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="1 --label for 2 files"):
+        make_plot(PlotSpec(results=[a, a], out=tmp_path / "d.png", labels=["x"]))

@@ -1,5 +1,4 @@
-"""Long-tailed formulas against hand-computed values and the spec's anchors
-(imbalance_noise.md §0, §1, §2, §7, §8, §10)."""
+"""Long-tailed formulas against hand-computed values and the anchors in docs/long_tail_noisy.md."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from certify.training.sampling import cdb_example_weights, class_balanced_exampl
 CIFAR10_LT100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
-# -- long-tailed views (§0) --------------------------------------------------------------------
+# -- long-tailed views (docs/long_tail_noisy.md#long-tailed-views) ---------------------------
 
 def test_counts_match_the_reference_generator():
     assert long_tail_counts(5000, 10, 100) == CIFAR10_LT100
@@ -49,12 +48,12 @@ def test_split_keeps_the_reference_images_and_a_disjoint_balanced_holdout():
     assert torch.bincount(targets[train], minlength=6).tolist() == counts
 
 
-# -- LDAM and class-balanced weights (§1) -----------------------------------------------------
+# -- LDAM and class-balanced weights (docs/long_tail_noisy.md#ldam-drw, #class-weights) -------
 
 def test_ldam_margins_scale_as_n_to_the_minus_quarter_with_max_max_m():
     m = ldam_margins(CIFAR10_LT100, max_m=0.5)
     assert m.max().item() == pytest.approx(0.5) and m.argmax().item() == 9
-    assert m[0].item() == pytest.approx(0.158, abs=5e-4)  # the spec: 0.158 → 0.500
+    assert m[0].item() == pytest.approx(0.158, abs=5e-4)  # docs/long_tail_noisy.md#ldam-drw: 0.158 → 0.500
     product = m.double() * torch.tensor(CIFAR10_LT100, dtype=torch.float64).pow(0.25)
     torch.testing.assert_close(product, torch.full_like(product, product[0].item()), rtol=1e-6, atol=0)
 
@@ -89,7 +88,7 @@ def test_drw_switches_on_at_its_epoch_and_reduces_as_pytorch_weighted_ce():
     assert not torch.allclose(loss(z, y), (w[y] * F.cross_entropy(z, y, reduction="none")).mean())
 
 
-# -- VS and Bayias (§7, §10) -----------------------------------------------------------------
+# -- VS and Bayias (docs/long_tail_noisy.md#vs-loss, #bayias-and-unimix) ----------------------
 
 def test_vs_reduces_to_ce_la_and_cdt():
     counts = [90, 30, 10]
@@ -114,7 +113,7 @@ def test_bayias_is_logit_adjustment_with_tau_one():
     torch.testing.assert_close(bayias(z, y), la(z, y))
 
 
-# -- CDB (§8) ------------------------------------------------------------------------------
+# -- CDB (docs/long_tail_noisy.md#cdb-w-and-cdb-s) ------------------------------------------
 
 def test_cdb_weights_and_dynamic_tau():
     d = torch.tensor([0.1, 0.5])
@@ -156,7 +155,7 @@ def test_samplers_draw_classes_as_specified():
     assert (cb[0] / cb[-1]).item() == pytest.approx((0.5 / (1 - 0.5 ** 6)) / (0.5 / 0.75))
 
 
-# -- ABSGD (§2) ---------------------------------------------------------------------------
+# -- ABSGD (docs/long_tail_noisy.md#absgd) --------------------------------------------------
 
 def naive_absgd(batches, lam, gamma, alpha):
     """The reference's update, written directly (fine for moderate losses)."""
@@ -215,7 +214,7 @@ def test_absgd_weights_are_detached_and_applied_to_class_weighted_losses():
     torch.testing.assert_close(z.grad, expected.detach(), rtol=1e-5, atol=1e-7)
 
 
-# -- UniMix (§10) -------------------------------------------------------------------------
+# -- UniMix (docs/long_tail_noisy.md#bayias-and-unimix) ------------------------------------
 
 def test_unimix_factor_concentrates_at_xi_star():
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """The compiled CPU backend of lp_dist (certify.linf_dist.cpu_kernels) against the plain-PyTorch
-reference: values, gradients, spec vectors (linf_dist.md §8a), large-p stability, no recompilation
-when p or the batch size change, no B×CO×CI allocation, and the eager fallback.
+reference: values, gradients, the test vectors of docs/linf_dist.md#numerics, large-p stability, no
+recompilation when p or the batch size change, no B×CO×CI allocation, and the eager fallback.
 
 Compiling the variants dominates the runtime (a few seconds each per dtype, once per process;
 inductor's on-disk cache makes later runs faster). Shapes stay ≥ 2 in every dimension: a size of 1
@@ -82,7 +82,7 @@ def test_values_and_gradients_match_reference(p, dtype):
 @needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_spec_vectors(dtype):
-    # x = (1, 2), w = 0 (linf_dist.md §8a). Two identical rows and a second weight row keep every
+    # x = (1, 2), w = 0 (docs/linf_dist.md#numerics). Two identical rows and a second weight row keep every
     # size ≥ 2; grad_y selects y[:, 0].
     x = torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=dtype)
     w = torch.tensor([[0.0, 0.0], [5.0, 5.0]], dtype=dtype)
@@ -94,7 +94,7 @@ def test_spec_vectors(dtype):
         y, gx, _ = ours_with_grads(x, w, p, grad_y)
         assert torch.allclose(y[:, 0], torch.tensor([value, value], dtype=dtype), rtol=1e-6), p
         assert torch.allclose(gx, torch.tensor([grad, grad], dtype=dtype), rtol=1e-6, atol=1e-7), p
-    assert abs(257.0 ** 0.125 - 2.0010) < 5e-5  # the value the spec quotes
+    assert abs(257.0 ** 0.125 - 2.0010) < 5e-5  # the value docs/linf_dist.md#numerics quotes
 
 
 @needs_compiler

@@ -1,4 +1,4 @@
-"""The Triton backend of lp_dist against the plain-PyTorch reference (spec linf_dist.md §8a).
+"""The Triton backend of lp_dist against the plain-PyTorch reference (docs/linf_dist.md#numerics).
 
 Without CUDA the kernels run on CPU tensors under Triton's interpreter, so these tests check the kernel
 logic (tiles, ragged edges, numerics, tie rules) on any machine. With CUDA they run the compiled kernels,

@@ -1,7 +1,7 @@
-"""Formula-level checks for the noisy-label / calibration / set-valued pieces (spec imbalance_noise.md).
+"""Formula-level checks for the noisy-label / calibration / set-valued pieces (docs/long_tail_noisy.md).
 
-Hand-computed values and the limits the spec states: α-loss (§6), LogitClip (§4), CALS (§9),
-ECE / classwise ECE (§13), average-k and top-k sets (§3), susceptibility (§5), synthetic noise.
+Hand-computed values and the limits the docs state: α-loss, LogitClip, CALS, ECE / classwise ECE,
+average-k and top-k sets, susceptibility, synthetic noise.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _logits(n: int = 6, c: int = 4, seed: int = 0, dtype=torch.float64) -> tuple
             torch.randint(0, c, (n,), generator=g))
 
 
-# ----------------------------------------------------------------------------------- α-loss (§6)
+# ------------------------------------------------------------ α-loss (docs/long_tail_noisy.md#alpha-loss)
 
 def test_alpha_one_is_cross_entropy_and_continuous_on_both_sides() -> None:
     z, y = _logits()
@@ -132,7 +132,7 @@ def test_alpha_loss_rejects_bad_alpha() -> None:
             alpha_loss(z, y, bad)
 
 
-# -------------------------------------------------------------------------------- LogitClip (§4)
+# --------------------------------------------------------- LogitClip (docs/long_tail_noisy.md#logitclip)
 
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
 def test_logit_clip_norm_bound_direction_and_idempotence(p: float) -> None:
@@ -179,7 +179,7 @@ def test_logit_clip_loss_bounds_cross_entropy() -> None:
     assert torch.equal(loss, ref)
 
 
-# ------------------------------------------------------------------------------------- CALS (§9)
+# -------------------------------------------------------------------- CALS (docs/long_tail_noisy.md#cals)
 
 def test_cals_constraint_hand_values() -> None:
     z = torch.tensor([[10.0, 0.0, -15.0]])
@@ -262,7 +262,7 @@ def test_rho_changes_only_every_rho_step_epochs() -> None:
     assert history[10:19] == [history[9]] * 9 and history[19] == pytest.approx(1.44)
 
 
-# ------------------------------------------------------------------------------ calibration (§13)
+# ---------------------------------------------- calibration (docs/long_tail_noisy.md#calibration-metrics)
 
 # Three samples, three classes; no score sits on a bin edge (edges are b/15).
 CAL_PROBS = torch.tensor([[0.70, 0.22, 0.08],   # y = 0, pred 0, correct
@@ -315,7 +315,7 @@ def test_reliability_diagram_writes_png_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["rel.png"]
 
 
-# ------------------------------------------------------------------------------ set prediction (§3)
+# -------------------------------------------------- set prediction (docs/long_tail_noisy.md#average-k-sets)
 
 def test_average_k_hand_threshold() -> None:
     probs = torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
@@ -336,7 +336,7 @@ def test_average_k_mean_size_is_exactly_k_without_ties(k: float) -> None:
     s = torch.sort(probs.reshape(-1).double(), descending=True).values
     m = int(200 * k)
     assert s[m] < lam < s[m - 1]
-    # the spec's quantile form is the lower neighbour s_(nk+1)
+    # the quantile form in docs/long_tail_noisy.md#average-k-sets is the lower neighbour s_(nk+1)
     q = np.quantile(probs.reshape(-1).double().numpy(), 1 - k / 10, method="lower")
     assert q == s[m].item()
 
@@ -362,7 +362,7 @@ def test_top_k_sets_and_set_error() -> None:
     assert set_error(empty, labels) == 1.0 and set_accuracy(empty, labels) == 0.0
 
 
-# ----------------------------------------------------------------------------- susceptibility (§5)
+# ------------------------------------------------ susceptibility (docs/long_tail_noisy.md#susceptibility)
 
 def _net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

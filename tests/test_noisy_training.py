@@ -67,7 +67,7 @@ def test_cals_updates_its_multipliers_and_resumes_exactly(fake_fmnist, tmp_path)
     resumed = train(cfg, tmp_path / "b.pt", resume=True, progress=False, log=quiet)
     for key, value in straight.state_dict.items():
         assert torch.equal(value, resumed.state_dict[key]), key
-    with pytest.raises(UserError, match="--val-count"):
+    with pytest.raises(UserError, match="^val_count: "):
         train(config(fake_fmnist, objective_params={"loss": "cals"}), tmp_path / "c.pt",
               progress=False, log=quiet)
 
@@ -93,7 +93,7 @@ def test_label_losses_inside_the_objectives():
     clipped, _ = make_objective("classify", logit_clip=1.0).loss(Fixed(), x, y, 0)
     unit = logits / logits.norm(dim=1, keepdim=True)
     assert clipped.item() == pytest.approx(torch.nn.functional.cross_entropy(unit, y).item(), abs=1e-6)
-    with pytest.raises(UserError, match="label-smoothing applies"):
+    with pytest.raises(UserError, match="label_smoothing: applies"):
         make_objective("classify", loss="alpha", label_smoothing=0.1)
 
 

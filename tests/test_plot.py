@@ -55,9 +55,45 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_all_abstain_still_plots(tmp_path: Path) -> None:
+def drawn_curves(monkeypatch) -> list[dict]:
+    """Record every saved figure's curves (label, x, y, x range) as the plot draws them."""
+    import certify.plot as plot
+
+    figures: list[dict] = []
+    save = plot._save
+
+    def recording_save(fig, out, fmt):
+        ax = fig.axes[0]
+        figures.append({"lines": [(ln.get_label(), np.asarray(ln.get_xdata()), np.asarray(ln.get_ydata()))
+                                  for ln in ax.lines], "xlim": ax.get_xlim(), "xlabel": ax.get_xlabel()})
+        save(fig, out, fmt)
+
+    monkeypatch.setattr(plot, "_save", recording_save)
+    return figures
+
+
+def test_curves_are_the_certified_accuracy_of_each_run(tmp_path: Path, monkeypatch) -> None:
+    figures = drawn_curves(monkeypatch)
+    plot_certified_accuracy(RUNS, ["a", "b"], tmp_path / "curve.png", max_radius=1.0, norm="linf")
+    (fig,) = figures
+    assert fig["xlim"] == (0.0, 1.0) and fig["xlabel"] == "ℓ∞ radius"
+    assert [label for label, _, _ in fig["lines"]] == ["a", "b"]
+    for (_, x, y), correct_radii in zip(fig["lines"], ([0.1, 0.5, 0.9], [0.3, 1.2, 0.7])):
+        assert x[0] == 0.0 and x[-1] == 1.0
+        # by hand: the share of the 4 rows that are correct with radius ≥ r
+        assert np.array_equal(y, [sum(r >= t for r in correct_radii) / 4 for t in x])
+    assert fig["lines"][0][2][0] == 0.75 and fig["lines"][0][2][-1] == 0.0  # 3 of 4, none at 1.0
+    assert fig["lines"][1][2][-1] == 0.25  # only the radius-1.2 row reaches 1.0
+
+
+def test_all_abstain_still_plots(tmp_path: Path, monkeypatch) -> None:
+    figures = drawn_curves(monkeypatch)
     out = plot_certified_accuracy([make([0.0, 0.0], [0, 0])], ["none"], tmp_path / "z.png")
-    assert out.stat().st_size > 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = figures
+    (label, x, y), = fig["lines"]
+    assert label == "none" and not y.any()  # a flat line at 0, not a missing one
+    assert fig["xlim"] == (0.0, 0.01)  # nothing certified beyond 0: the minimal x range
 
 
 def test_run_names_keep_the_whole_file_name_and_tell_equal_names_apart() -> None:

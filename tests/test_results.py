@@ -205,6 +205,26 @@ def test_unwritable_path(tmp_path: Path) -> None:
     assert not (tmp_path / "fine.tsv").exists()
 
 
+def test_check_output_path_names_the_file_and_the_missing_directory(tmp_path: Path) -> None:
+    from certify.checkpoint import save_checkpoint
+    from certify.fsutil import check_output_path
+
+    missing = tmp_path / "no_such_dir"
+    with pytest.raises(UserError) as err:
+        check_output_path(missing / "m.pt", "checkpoint")
+    assert str(err.value) == f"cannot write checkpoint {missing / 'm.pt'}: directory {missing} does not exist"
+    with pytest.raises(UserError) as err:
+        check_output_path(missing / "r.tsv")
+    assert str(err.value) == f"cannot write {missing / 'r.tsv'}: directory {missing} does not exist"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"file is not a directory"):
+        check_output_path(tmp_path / "file" / "r.tsv")
+    check_output_path(tmp_path / "fine.tsv")
+    with pytest.raises(UserError, match="cannot write checkpoint .*does not exist"):
+        save_checkpoint(None, missing / "m.pt")  # refused before the checkpoint is looked at
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]
+
+
 # ----------------------------------------------------------------------------- merging
 
 

@@ -90,7 +90,8 @@ def test_round_schedule_and_default_radii():
     assert round_sizes(100_000) == (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 100_000)
     assert round_sizes(1000) == (512, 1000)
     assert round_sizes(300) == (300,)
-    # σ·Φ⁻¹(α^(1/N)) = 0.953 for σ = 0.25 at N = 100,000, α = 0.001 (spec: 3.8115σ)
+    # σ·Φ⁻¹(α^(1/N)) = 0.953 for σ = 0.25 at N = 100,000, α = 0.001 (3.8115σ:
+    # docs/smoothing.md#largest-certifiable-radius)
     assert default_radii(0.25, 100_000, 0.001) == (0.25, 0.5, 0.75)
     assert default_radii(0.5, 100_000, 0.001) == (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     assert default_radii(1.0, 100_000, 0.001) == (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5)  # ≤ 12 radii

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify.errors import UserError
+from certify.params import ParamError
 from certify.objectives import SmoothMix, make_objective
 from certify.objectives.smoothmix import self_mixup, warmup_factor
 
@@ -118,7 +119,8 @@ def test_warmup_scales_mixup_weight_and_one_step_radius():
 
 
 def independent_loss(model, x, y, noises, lam, step, steps, mix_step, radius, weight):
-    """SmoothMix written out with loops over samples and noises, from the spec's formulas."""
+    """SmoothMix written out with loops over samples and noises, from the formulas in
+    docs/smoothing.md#smoothmix-algorithm."""
     B, m, K = len(x), len(noises), 3
 
     def soft_at(z):
@@ -210,20 +212,21 @@ def test_attack_uses_eval_mode_and_loss_leaves_train_mode():
 
 
 @pytest.mark.parametrize("kwargs, flag", [
-    ({"sigma": 0.0}, "--sigma"),
-    ({"num_noise_vec": 0}, "--num-noise-vec"),
-    ({"num_steps": 0}, "--num-steps"),
-    ({"step_size": 0.0}, "--attack-step"),
-    ({"eta": -1.0}, "--eta"),
-    ({"mix_step": 9}, "--mix-step"),
-    ({"mix_step": -1}, "--mix-step"),
-    ({"warmup": 0}, "--warmup"),
-    ({"maxnorm_s": -0.5}, "--maxnorm-s"),
-    ({"maxnorm": 0.0}, "--maxnorm"),
+    ({"sigma": 0.0}, "sigma"),
+    ({"num_noise_vec": 0}, "num_noise_vec"),
+    ({"num_steps": 0}, "num_steps"),
+    ({"step_size": 0.0}, "step_size"),
+    ({"eta": -1.0}, "eta"),
+    ({"mix_step": 9}, "mix_step"),
+    ({"mix_step": -1}, "mix_step"),
+    ({"warmup": 0}, "warmup"),
+    ({"maxnorm_s": -0.5}, "maxnorm_s"),
+    ({"maxnorm": 0.0}, "maxnorm"),
 ])
-def test_bad_hyperparameters_name_their_flag(kwargs, flag):
-    with pytest.raises(UserError, match=f"^{flag} "):
+def test_bad_hyperparameters_name_their_parameter(kwargs, flag):
+    with pytest.raises(ParamError, match=f"^{flag}: ") as err:
         SmoothMix(**({"sigma": 0.5} | kwargs))
+    assert err.value.param == flag
 
 
 @pytest.mark.parametrize("shift", [0.5, -0.5])

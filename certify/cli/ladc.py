@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from certify.cli.options import command_line, data_dir_option, device_option, pick_device
-from certify.errors import UserError
 
 
 @click.command("ladc")
@@ -55,54 +54,13 @@ def ladc_command(checkpoint: Path, out: Path, k: int, alpha: float, tukey_lambda
     Example:
       certify ladc models/lt.pt --out models/lt-ladc.pt --k 3 --epochs 10
     """
-    from certify.checkpoint import load_checkpoint, save_checkpoint
-    from certify.data import dataset_info, load_dataset
-    from certify.evaluation import predict_probabilities
-    from certify.ladc import calibrate_checkpoint, check_checkpoint
+    from certify.ladc import LadcSpec, format_ladc, run_ladc
 
-    if out.exists():
-        raise UserError(f"{out} already exists; choose another --out or remove it first")
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
-    ckpt = load_checkpoint(checkpoint)
-    check_checkpoint(ckpt, tukey_lambda)
-    target = pick_device(device)
-    from certify.training.views import checkpoint_training_data
-
-    data = checkpoint_training_data(ckpt, data_dir)
-    test_set = load_dataset(ckpt.dataset, "test", data_dir=data_dir)
-    before = _accuracies(predict_probabilities(ckpt.build_model(target), test_set, target))
-    counts = ckpt.training.get("class_counts") or data.class_counts  # older checkpoints lack it
-    new = calibrate_checkpoint(ckpt, data.train, counts, target, k=k, alpha=alpha,
-                               tukey_lambda=tukey_lambda, epochs=epochs, lr=lr, batch_size=batch,
-                               seed=seed)
-    after = _accuracies(predict_probabilities(new.build_model(target), test_set, target))
-
-    record = new.training["ladc"]
-    classes = dataset_info(ckpt.dataset).classes
-    click.echo(f"generated features per class (up to {max(record['class_counts'])} each):")
-    for c, (real, made) in enumerate(zip(record["class_counts"], record["generated"])):
-        name = classes[c] if c < len(classes) else str(c)
-        hood = " ".join(map(str, record["neighbours"][c][1:]))
-        click.echo(f"  {name:<16} real {real:>6}  generated {made:>6}" + (f"  from heads {hood}" if hood else ""))
-    for label, (acc, balanced) in (("before", before), ("after", after)):
-        click.echo(f"{label:<7} test accuracy {acc:.4f}  balanced accuracy {balanced:.4f}")
-    new.metrics = {"test_acc": round(after[0], 5), "test_balanced_acc": round(after[1], 5),
-                   "test_acc_before_ladc": round(before[0], 5),
-                   "test_balanced_acc_before_ladc": round(before[1], 5)}
-    new.command = command_line()
-    save_checkpoint(new, out)
+    spec = LadcSpec(checkpoint=checkpoint, out=out, k=k, alpha=alpha, tukey_lambda=tukey_lambda,
+                    epochs=epochs, lr=lr, batch=batch, seed=seed, device=pick_device(device),
+                    data_dir=data_dir, command=command_line())
+    click.echo(format_ladc(run_ladc(spec)))
     click.echo(f"wrote {out}")
-
-
-def _accuracies(pred) -> tuple[float, float]:
-    """(accuracy, balanced accuracy over the classes present in the split)."""
-    import math
-
-    from certify.evaluation import per_class_accuracy
-
-    per_class = [a for a in per_class_accuracy(pred) if not math.isnan(a)]
-    return (pred.probs.argmax(1) == pred.labels).float().mean().item(), sum(per_class) / len(per_class)
 
 
 COMMANDS = [ladc_command]

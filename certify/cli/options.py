@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import click
+
+if TYPE_CHECKING:
+    from certify.errors import UserError
 
 
 def pick_device(name: str):
@@ -45,3 +51,33 @@ def command_line() -> str:
 
     return " ".join(["certify", *map(shlex.quote, sys.argv[1:])]) if Path(sys.argv[0]).name == "certify" \
         else " ".join(map(shlex.quote, sys.argv))
+
+
+def click_type(param: Any) -> Any:
+    """The click type of a :class:`certify.params.Param` (ranges are checked by the parameter
+    itself, so the error names the same bounds wherever the value came from)."""
+    if param.choices and param.kind is str:
+        return click.Choice(param.choices)
+    return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(param.kind, click.STRING)
+
+
+def param_option(param: Any, *, default: Any, help: str, show_default: bool = False,
+                 **extra: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of a parameter: ``--flag`` (``--flag/--no-flag`` for a bool), stored under
+    the parameter's own name."""
+    flag = param.cli_flag
+    if param.kind is bool:
+        flag = f"{flag}/--no-{flag[2:]}"
+        extra.setdefault("default", default)
+        return click.option(flag, param.name, help=help, show_default=show_default, **extra)
+    return click.option(flag, param.name, type=click_type(param), default=default, help=help,
+                        show_default=show_default, metavar=param.metavar, **extra)
+
+
+def flag_error(err: Any, flags: dict[str, str]) -> UserError:
+    """A library ``ParamError`` retold with the parameter's CLI flag (and the known ones' flags)."""
+    from certify.errors import UserError
+
+    known = "" if err.known is None else \
+        f" (its options: {', '.join(flags.get(k, k) for k in err.known) or 'none'})"
+    return UserError(f"{flags.get(err.param, err.param)}: {err.message}{known}")

@@ -58,12 +58,10 @@ def quickstart_command(out_dir: Path, model: Path, retrain: bool, epochs: int, s
       table.md                        the same numbers as a Markdown table (also printed)
     """
     from certify.data import load_dataset
-    from certify.fsutil import atomic_write_text
-    from certify.plot import plot_certified_accuracy
     from certify.methods import RunContext
+    from certify.plot import PlotSpec, make_plot
     from certify.results import read_results, read_sidecar
     from certify.runner import ResumeMismatch, RunSpec, run_certification
-    from certify.summary import default_radii, summary_table
 
     torch_device = pick_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,19 +89,16 @@ def quickstart_command(out_dir: Path, model: Path, retrain: bool, epochs: int, s
         spec.resume, spec.force = False, True
         run_certification(spec)
 
-    results = read_results(tsv)
-    png = out_dir / "certified_accuracy.png"
-    label = f"{model.stem} ({method}, N={n})"
-    plot_certified_accuracy([results], [label], png,
-                            title=f"Fashion-MNIST, randomized smoothing ({method}), "
-                                  f"{len(results)} test images")
-    table = summary_table([results], [label], default_radii([results]))
-    atomic_write_text(out_dir / "table.md", table)
-    click.echo(f"[3/3] wrote {png} and {out_dir / 'table.md'}\n", err=True)
+    images = len(read_results(tsv))
+    png, table_md = out_dir / "certified_accuracy.png", out_dir / "table.md"
+    table = make_plot(PlotSpec(results=[tsv], out=png, labels=[f"{model.stem} ({method}, N={n})"],
+                               title=f"Fashion-MNIST, randomized smoothing ({method}), "
+                                     f"{images} test images", table_out=table_md))
+    click.echo(f"[3/3] wrote {png} and {table_md}\n", err=True)
     click.echo(table, nl=False)
     samples = read_sidecar(tsv).get("estimation_samples")
     if samples is not None:
-        passes = n0 + samples / len(results)
+        passes = n0 + samples / images
         click.echo(f"\nforward passes per image: {passes:,.0f} on average, against cohen's N0 + N = "
                    f"{n0 + n:,}: {(n0 + n) / passes:.1f}× fewer")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from certify.cli.options import command_line, data_dir_option, device_option, pick_device, seed_option
+from certify.cli.options import (command_line, data_dir_option, device_option, flag_error, param_option,
+                                 pick_device, seed_option)
 from certify.errors import UserError
 
 
@@ -27,22 +28,12 @@ def _method_options(command: Callable[..., None]) -> Callable[..., None]:
     """One click option per method option (generated from the registry; the CLI names no method)."""
     from certify.methods import METHODS, all_options
 
-    for name, (option, methods) in reversed(all_options().items()):
-        if option.kind == "floats":
-            kind = click.STRING
-        elif option.choices:
-            kind = click.Choice(option.choices)
-        else:
-            kind = {int: click.INT, float: click.FLOAT}.get(option.kind, click.STRING)
+    for option, methods in reversed(all_options().values()):
         default = "see help" if option.default is None else option.default
         where = "all methods" if len(methods) == len(METHODS) else ", ".join(methods)
-        command = click.option(_flag(name), name, type=kind, default=None,
+        command = param_option(option, default=None,
                                help=f"{option.help} [{where}; default: {default}]")(command)
     return command
-
-
-def _flag(option: str) -> str:
-    return f"--{option.replace('_', '-')}"
 
 
 def _methods_epilog() -> str:
@@ -128,9 +119,10 @@ def run_command(checkpoint: Path, out: Path, method: str | None, split: str, ski
     try:
         run_certification(spec, progress=not quiet)
     except OptionError as err:
-        known = "" if err.known is None else \
-            f" (its options: {', '.join(_flag(o) for o in err.known) or 'none'})"
-        raise UserError(f"{_flag(err.option)}: {err.message}{known}") from None
+        from certify.methods import all_options
+
+        flags = {name: option.cli_flag for name, (option, _) in all_options().items()}
+        raise flag_error(err, flags) from None
     if not quiet:
         _print_summary([out])
 

@@ -27,6 +27,11 @@ FASHION_MNIST = DatasetInfo(
     std=(0.3530,),
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    linf_mean=(0.2860,),
+    linf_std=0.3520,
+    # No standard map exists; ours pairs look-alikes: T-shirt↔shirt, pullover↔coat,
+    # sandal→sneaker, ankle boot→sneaker.
+    asymmetric_pairs=((0, 6), (6, 0), (2, 4), (4, 2), (5, 7), (9, 7)),
 )
 
 MNIST = DatasetInfo(
@@ -37,6 +42,10 @@ MNIST = DatasetInfo(
     mean=(0.0,),
     std=(1.0,),
     classes=tuple(str(digit) for digit in range(10)),
+    linf_mean=(0.1307,),
+    linf_std=0.3081,
+    # 2→7, 3→8, 5↔6, 7→1: Patrini et al. 2017 as commonly reused (from memory).
+    asymmetric_pairs=((2, 7), (3, 8), (5, 6), (6, 5), (7, 1)),
 )
 
 CIFAR10 = DatasetInfo(
@@ -48,6 +57,11 @@ CIFAR10 = DatasetInfo(
     std=(0.2023, 0.1994, 0.2010),
     classes=("airplane", "automobile", "bird", "cat", "deer",
              "dog", "frog", "horse", "ship", "truck"),
+    linf_mean=(0.4914, 0.4822, 0.4465),
+    linf_std=0.2009,
+    # truck→automobile, bird→airplane, cat↔dog, deer→horse: Patrini et al. 2017, and the map in
+    # the LogitClip reference (its `transition` dict).
+    asymmetric_pairs=((9, 1), (2, 0), (3, 5), (5, 3), (4, 7)),
 )
 
 _ELSEWHERE = "pass --data-dir / set CERTIFY_DATA, or download it with torchvision into ./data/fashion-mnist"

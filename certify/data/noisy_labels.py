@@ -21,25 +21,31 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from certify.data.registry import available_datasets, dataset_info
+
 __all__ = [
     "ASYMMETRIC_PAIRS",
     "asymmetric_noise",
+    "dataset_pairs",
     "empirical_transition_matrix",
     "noise_rate",
     "symmetric_noise",
 ]
 
-# source class -> class it is mislabelled as
+
+def dataset_pairs(name: str) -> dict[int, int] | None:
+    """The asymmetric map {source: target} of the registered dataset ``name`` (its
+    ``DatasetInfo.asymmetric_pairs``); None for an unknown dataset or one without a map."""
+    if name not in available_datasets():
+        return None
+    return dict(dataset_info(name).asymmetric_pairs) or None
+
+
+# source class -> class it is mislabelled as, per dataset that has a map: a snapshot of the
+# registry's DatasetInfo.asymmetric_pairs (the maps and their sources: certify/data/builtin.py).
+# 2→7, 3→8, 5↔6, 7→1: Patrini et al. 2017 as commonly reused (from memory; not in the spec).
 ASYMMETRIC_PAIRS: dict[str, dict[int, int]] = {
-    # truck→automobile, bird→airplane, cat↔dog, deer→horse: Patrini et al. 2017, and the map in
-    # the LogitClip reference (its `transition` dict).
-    "cifar10": {9: 1, 2: 0, 3: 5, 5: 3, 4: 7},
-    # 2→7, 3→8, 5↔6, 7→1: Patrini et al. 2017 as commonly reused (from memory; not in the spec).
-    "mnist": {2: 7, 3: 8, 5: 6, 6: 5, 7: 1},
-    # No standard map exists; ours pairs look-alikes: T-shirt↔shirt, pullover↔coat,
-    # sandal→sneaker, ankle boot→sneaker.
-    "fashion-mnist": {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 9: 7},
-}
+    name: pairs for name in available_datasets() if (pairs := dataset_pairs(name)) is not None}
 
 
 def _count(rate: float, n: int) -> int:
@@ -95,16 +101,18 @@ def asymmetric_noise(targets: Tensor, rate: float, pairs: str | Mapping[int, int
                      num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Within each source class c of ``pairs``, relabel ⌊r·n_c⌋ random samples as ``pairs[c]``.
 
-    ``pairs`` is a map {source: target} or a name in :data:`ASYMMETRIC_PAIRS`. Classes not in the
-    map keep their labels, so T[c, c] = 1 − r, T[c, pairs[c]] = r for mapped c and T[c] = e_c
-    otherwise; the overall rate is r times the mapped classes' share. (The LogitClip reference
-    instead draws ⌊r·N⌋ indices over *all* samples, so its effective rate is lower.)
+    ``pairs`` is a map {source: target} or the name of a registered dataset that has one
+    (``DatasetInfo.asymmetric_pairs``). Classes not in the map keep their labels, so
+    T[c, c] = 1 − r, T[c, pairs[c]] = r for mapped c and T[c] = e_c otherwise; the overall rate
+    is r times the mapped classes' share. (The LogitClip reference instead draws ⌊r·N⌋ indices
+    over *all* samples, so its effective rate is lower.)
     """
     clean = _check(targets, rate, num_classes)
     if isinstance(pairs, str):
-        if pairs not in ASYMMETRIC_PAIRS:
-            raise ValueError(f"no asymmetric map for {pairs!r}; known: {', '.join(ASYMMETRIC_PAIRS)}")
-        pairs = ASYMMETRIC_PAIRS[pairs]
+        name, pairs = pairs, dataset_pairs(pairs)
+        if pairs is None:
+            known = [n for n in available_datasets() if dataset_pairs(n) is not None]
+            raise ValueError(f"no asymmetric map for {name!r}; known: {', '.join(known)}")
     for src, dst in pairs.items():
         if not (0 <= src < num_classes and 0 <= dst < num_classes) or src == dst:
             raise ValueError(f"bad class pair {src}->{dst} for {num_classes} classes")

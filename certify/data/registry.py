@@ -29,6 +29,12 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per-channel, used by the model's NormalizeLayer
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    # ℓ∞-distance nets normalize as their reference does: its per-channel mean and one std for
+    # every channel, so the ℓ∞ ball stays a ball. None: this dataset's mean / the mean of its stds.
+    linf_mean: tuple[float, ...] | None = None
+    linf_std: float | None = None
+    # Asymmetric label noise: (source class, class it is mislabelled as) pairs; () = no map.
+    asymmetric_pairs: tuple[tuple[int, int], ...] = ()
 
 
 class DatasetSource(Protocol):

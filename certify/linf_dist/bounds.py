@@ -1,4 +1,4 @@
-"""Interval bounds through an ℓ∞-distance layer: exact per neuron (spec linf_dist.md §3.4).
+"""Interval bounds through an ℓ∞-distance layer: exact per neuron (docs/linf_dist.md#interval-bounds).
 
 For a box lower ≤ x ≤ upper with centre c and half-width r,
 ``max_x ‖x − w‖∞ = max_i |c_i − w_i| + r_i`` and ``min_x ‖x − w‖∞ = max(max_i |c_i − w_i| − r_i, 0)``

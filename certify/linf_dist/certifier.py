@@ -5,11 +5,12 @@ Two certificates (``bound``):
 
 - ``lipschitz``: the pure net is 1-Lipschitz per logit w.r.t. ℓ∞ in normalized units, so with the
   model's scalar input std σ the prediction cannot change on the pixel ball of radius σ·margin/2.
-  One forward pass per batch (spec linf_dist.md §1.1).
+  One forward pass per batch (docs/linf_dist.md#lipschitz-margin).
 - ``interval``: interval bounds over the pixel box ``[x − ε, x + ε] ∩ [0, 1]`` (exact per ℓ∞-dist
-  neuron, then through the MLP head for the hybrid net, §1.4, §3.4); the radius is the largest ε the
-  bounds certify, found by bisection. Boxes grow with ε and interval bounds are monotone in the box,
-  so every ε below the returned value is certified too. Never looser than ``lipschitz``; slower.
+  neuron, then through the MLP head for the hybrid net, docs/linf_dist.md#interval-bounds); the
+  radius is the largest ε the bounds certify, found by bisection. Boxes grow with ε and interval
+  bounds are monotone in the box, so every ε below the returned value is certified too. Never
+  looser than ``lipschitz``; slower.
 """
 
 from __future__ import annotations

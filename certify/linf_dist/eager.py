@@ -1,7 +1,7 @@
 """Chunked eager backend of ``lp_dist``: correct everywhere, used where no faster path applies.
 
-Every backend implements the same three functions with the same numerics (spec linf_dist.md §3.2,
-§3.3, §8a), so the autograd function in ``ops`` can call any of them:
+Every backend implements the same three functions with the same numerics (docs/linf_dist.md#numerics),
+so the autograd function in ``ops`` can call any of them:
 
 - ``forward(x, w, p)`` for finite p ≥ 1. For p ≤ 10 one unnormalized pass,
   ``y = max(Σ|d|^p, FLT_MIN)^(1/p)`` (as the v2 reference kernels do); for p > 10 the stable form

@@ -20,7 +20,8 @@ INF = float("inf")
 
 
 class MeanShift(nn.Module):
-    """BatchNorm without scaling or affine part (spec §1.3, §8b): subtract the per-channel mean.
+    """BatchNorm without scaling or affine part (docs/linf_dist.md#mean-shift-and-initialization):
+    subtract the per-channel mean.
 
     Training subtracts the batch mean, with the gradient flowing through it; evaluation subtracts
     the running mean (momentum 0.1), a translation, so the layer stays 1-Lipschitz.
@@ -49,8 +50,9 @@ class MeanShift(nn.Module):
 
 
 def identity_init_(weight: Tensor, in_channels: int, kernel_area: int = 1, value: float = 10.0) -> None:
-    """Spec §1.3: output o copies input channel ``o mod in_channels`` (plus a constant the mean shift
-    removes) by a weight of −value at the kernel centre; only when in_channels ≤ out_channels."""
+    """Output o copies input channel ``o mod in_channels`` (plus a constant the mean shift removes)
+    by a weight of −value at the kernel centre; only when in_channels ≤ out_channels
+    (docs/linf_dist.md#mean-shift-and-initialization)."""
     out_channels = weight.shape[0]
     if in_channels > out_channels:
         return
@@ -108,8 +110,8 @@ class LpDistLinear(_LpDistBase):
 
 
 class LpDistConv2d(_LpDistBase):
-    """Convolution by unfolding (spec §1.1): each output pixel is the ℓp distance between the
-    (zero-padded) input patch and the filter."""
+    """Convolution by unfolding (docs/linf_dist.md#neurons-and-networks): each output pixel is the
+    ℓp distance between the (zero-padded) input patch and the filter."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
                  padding: int = 0, bias: bool = False, mean_shift: bool = True,

@@ -18,17 +18,16 @@ from certify.linf_dist.layers import LpDistLinear
 
 Shape = tuple[int, ...]
 
-# The references' input statistics (spec §1.5): per-channel mean, one scalar std per dataset.
-LINF_STD = {"cifar10": 0.2009, "mnist": 0.3081, "fashion-mnist": 0.3520}
-LINF_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "mnist": (0.1307,), "fashion-mnist": (0.2860,)}
-
-
+# The references' input statistics (docs/linf_dist.md#input-normalization): per-channel mean,
+# one scalar std per dataset.
 def linf_normalization(info: DatasetInfo) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of an ℓ∞ model on ``info``: the reference's values, else the dataset's own mean
-    and the average of its stds (one value for every channel, so the ℓ∞ ball stays a ball)."""
+    """(mean, std) of an ℓ∞ model on ``info``: the reference's values (``info.linf_mean``,
+    ``info.linf_std``), else the dataset's own mean and the average of its stds (one value for
+    every channel, so the ℓ∞ ball stays a ball)."""
     channels = info.input_shape[0]
-    std = LINF_STD.get(info.name, sum(info.std) / len(info.std))
-    return LINF_MEAN.get(info.name, info.mean), (std,) * channels
+    std = info.linf_std if info.linf_std is not None else sum(info.std) / len(info.std)
+    mean = info.linf_mean if info.linf_mean is not None else info.mean
+    return mean, (std,) * channels
 
 
 def _dist_stack(in_features: int, width: int, count: int, identity_value: float) -> list[LpDistLinear]:
@@ -46,7 +45,8 @@ def _propagate(layers: nn.ModuleList, lower: Tensor, upper: Tensor) -> tuple[Ten
 
 class LinfDistNet(nn.Module):
     """``depth`` ℓp-distance layers: depth − 1 hidden of ``width`` neurons with mean shift, then one
-    with a bias; the logits are the negated last distances, ``g = −d⁽ᴸ⁾`` (spec §1.1).
+    with a bias; the logits are the negated last distances, ``g = −d⁽ᴸ⁾``
+    (docs/linf_dist.md#neurons-and-networks).
 
     ``scalar=True`` adds the learnable logit scale s of the v2 objective (used only by the loss).
     """
@@ -87,7 +87,8 @@ class BoundHead(nn.Module):
         super().__init__()
         self.hidden = nn.Linear(in_features, hidden)
         self.out = nn.Linear(hidden, num_classes)
-        for layer in (self.hidden, self.out):  # N(0, 1/fan_in) weights, zero bias (spec §1.4)
+        # N(0, 1/fan_in) weights, zero bias (docs/linf_dist.md#hybrid-net)
+        for layer in (self.hidden, self.out):
             nn.init.normal_(layer.weight, std=1.0 / math.sqrt(layer.in_features))
             nn.init.zeros_(layer.bias)
 
@@ -108,7 +109,7 @@ class BoundHead(nn.Module):
 
 
 class LinfDistHybrid(nn.Module):
-    """ℓ∞-dist Net+MLP (spec §1.4, §2.4): ``dist_depth`` ℓp-distance layers of ``width`` neurons
+    """ℓ∞-dist Net+MLP (docs/linf_dist.md#hybrid-net): ``dist_depth`` ℓp-distance layers of ``width`` neurons
     (all with mean shift), then :class:`BoundHead` with ``hidden`` tanh units."""
 
     def __init__(self, input_shape: Shape, num_classes: int, dist_depth: int = 5, width: int = 5120,

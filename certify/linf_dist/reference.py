@@ -1,7 +1,7 @@
 """Plain PyTorch ℓp-distance: the ground truth the fast paths are tested against.
 
 It materializes the B×CO×CI difference tensor, so it is only for small shapes (tests, checks).
-Numerics follow the spec (linf_dist.md §8a): normalize by the row max for finite p, and at p = ∞
+Numerics follow docs/linf_dist.md#numerics: normalize by the row max for finite p, and at p = ∞
 route the gradient to the first maximal coordinate only.
 """
 
@@ -26,7 +26,7 @@ def lp_dist_reference(x: Tensor, weight: Tensor, p: float) -> Tensor:
 
 
 def linf_dist_bounds_reference(lower: Tensor, upper: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact bounds of ``‖x − w_o‖∞`` over the box lower ≤ x ≤ upper (spec §3.4)."""
+    """Exact bounds of ``‖x − w_o‖∞`` over the box lower ≤ x ≤ upper (docs/linf_dist.md#interval-bounds)."""
     w = weight[None, :, :]
     l, u = lower[:, None, :], upper[:, None, :]
     ub = torch.maximum(w - l, u - w).amax(-1)

@@ -1,4 +1,4 @@
-"""Per-minibatch schedules of ℓ∞-distance training (spec linf_dist.md §8d).
+"""Per-minibatch schedules of ℓ∞-distance training (docs/linf_dist.md#training-schedule).
 
 Every quantity is a pure function of the global step ``it = epoch·N + batch`` (N minibatches per
 epoch), so a resumed run recomputes exactly where it was.
@@ -30,12 +30,3 @@ def p_at(r: float, p_start: float = 8.0, p_end: float = 1000.0) -> float:
 def lambda_at(r: float, lambda_start: float, lambda_end: float) -> float:
     """The v2 mixing weight of the cross-entropy term, decaying geometrically with the p ramp."""
     return lambda_start * (lambda_end / lambda_start) ** r
-
-
-def cosine_factor(it: int, total_epochs: int, steps_per_epoch: int, start_epoch: int = 0) -> float:
-    """lr / lr0: 1 until ``start_epoch`` (v1's e1; v2 uses 0), then a cosine to 0 at the end."""
-    start = start_epoch * steps_per_epoch
-    if it < start:
-        return 1.0
-    span = max(1, (total_epochs - start_epoch) * steps_per_epoch)
-    return 0.5 * (1.0 + math.cos(math.pi * min(it - start, span) / span))

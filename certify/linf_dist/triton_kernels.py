@@ -4,7 +4,7 @@ The op is a B×CO×CI reduction of |x − w|^p with no matrix-product form, so p
 B×CO×CI tensor. These kernels tile it like a matrix product and keep each tile in registers. They follow
 the numerics of ``certify.linf_dist.eager`` (the backend contract): squaring fast paths for small integer
 p, the max-normalized form for p > 10, a sign-encoded first argmax at p = ∞, and one fused backward for
-grad_x and grad_w. They also avoid the reference CUDA extension's pitfalls (spec linf_dist.md §3.6):
+grad_x and grad_w. They also avoid the reference CUDA extension's pitfalls (docs/linf_dist.md#backends):
 kernels run on PyTorch's current stream, offsets are 64-bit, fp64 works, and no device query runs per call.
 """
 
@@ -310,6 +310,7 @@ def _target_programs(x: Tensor) -> int:
 
 @functools.cache
 def _sm_count(device_index: int) -> int:
-    """Cached per device: the reference kernels' per-call cudaGetDeviceProperties is slow (spec §3.6)."""
+    """Cached per device: the reference kernels' per-call cudaGetDeviceProperties is slow
+    (docs/linf_dist.md#backends)."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

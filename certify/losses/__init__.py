@@ -1,5 +1,5 @@
-"""Loss functions on logits for noisy labels, calibration and long-tailed data (spec
-``imbalance_noise.md``).
+"""Loss functions on logits for noisy labels, calibration and long-tailed data
+(docs/long_tail_noisy.md).
 
 These are plain functions and ``nn.Module`` wrappers; ``certify.objectives.label_loss`` puts them in
 the trainer. Each module holds one method:

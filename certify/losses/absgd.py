@@ -1,7 +1,7 @@
 """ABSGD (Qi et al., TMLR 2023): momentum SGD on an attentionally re-weighted mini-batch loss.
 
 Each example's weight is ∝ exp(ℓ_i/λ), normalized by a running average u of the batch means of
-exp(ℓ/λ) (spec imbalance_noise.md §2, ``mylosses.py::ABSGD`` of qiqi-helloworld/ABSGD):
+exp(ℓ/λ) (docs/long_tail_noisy.md#absgd, ``mylosses.py::ABSGD`` of qiqi-helloworld/ABSGD):
 
     u ← (1 − γ)·u + γ·α·mean_B exp(ℓ/λ),    p_i = exp(ℓ_i/λ) / (u·B)  (detached),    loss = Σ p_i ℓ_i
 

@@ -1,4 +1,4 @@
-"""α-loss (Sypherd et al., IEEE Trans. IT 2022; spec ``imbalance_noise.md`` §6).
+"""α-loss (Sypherd et al., IEEE Trans. IT 2022; docs/long_tail_noisy.md#alpha-loss).
 
     ℓ^α(y, z) = α/(α−1) · [1 − p̂_y^{(α−1)/α}],   p̂ = softmax(z),   α ∈ (0, ∞]
 
@@ -38,7 +38,7 @@ def alpha_loss(logits: Tensor, targets: Tensor, alpha: float, *, eps: float = 1e
     """α-loss of ``logits`` (N, C) against integer ``targets`` (N,), for any α in (0, ∞].
 
     ``alpha=float('inf')`` gives 1 − p̂_y. For α < 1 the exponent is negative and the loss is
-    unbounded as p̂_y → 0, so p̂_y is floored at ``eps`` as the spec's numerical note asks (the
+    unbounded as p̂_y → 0, so p̂_y is floored at ``eps`` (docs/long_tail_noisy.md#alpha-loss; the
     reference adds 1e-8); for tiny α the floor is raised further so that p̂_y^{β} stays below
     √(largest float) and the loss stays finite. Floored samples get no gradient.
     """

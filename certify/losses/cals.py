@@ -1,4 +1,4 @@
-"""CALS: Class Adaptive Label Smoothing (Liu et al., CVPR 2023; spec ``imbalance_noise.md`` §9).
+"""CALS: Class Adaptive Label Smoothing (Liu et al., CVPR 2023; docs/long_tail_noisy.md#cals).
 
 CALS keeps every logit within a margin m of the largest one (the MbLS constraint) but enforces it
 with an augmented Lagrangian whose multipliers are learned per class, so classes that need more
@@ -10,10 +10,10 @@ the training loss is CE(z, y) + (1/(N·C)) Σ_i Σ_j P(h_ij; λ_j, ρ_j) with th
 
     P(h; λ, ρ) = [max(0, λ + ρh)² − λ²] / (2ρ),      P'(h) = max(0, λ + ρh).
 
-Outer loop, once per epoch on the **validation** set (spec §16.8: the trainer needs that hook):
+Outer loop, once per epoch on the **validation** set (the trainer needs that hook):
 λ_j ← clamp(mean_i clamp(P'(h_ij), λ_min, λ_max), λ_min, λ_max), and every ``rho_step`` epochs
 ρ_j ← clamp(γ ρ_j, ρ_min, ρ_max) where the mean constraint h̄_j did not drop below τ·max(h̄_j^prev, 0).
-Defaults (spec §9): m = 10, λ ∈ [1e-6, 1e6] starting at 1e-6, ρ ∈ [1, 10] starting at 1,
+Defaults (docs/long_tail_noisy.md#cals): m = 10, λ ∈ [1e-6, 1e6] starting at 1e-6, ρ ∈ [1, 10] starting at 1,
 rho_step = 10, γ = 1.2, τ = 0.9.
 """
 
@@ -72,7 +72,8 @@ def _as_class_vector(value: Tensor | float, like: Tensor, name: str) -> Tensor:
 
 def cals_penalty(logits: Tensor, multipliers: Tensor, rho: Tensor | float,
                  margin: float = DEFAULT_MARGIN) -> Tensor:
-    """Mean PHR penalty over samples × classes, (1/(N·C)) Σ_ij P(h_ij; λ_j, ρ_j) (spec §9)."""
+    """Mean PHR penalty over samples × classes, (1/(N·C)) Σ_ij P(h_ij; λ_j, ρ_j)
+    (docs/long_tail_noisy.md#cals)."""
     h = cals_constraints(logits, margin)
     lambd = _as_class_vector(multipliers, logits, "multipliers").detach()
     rho_v = _as_class_vector(rho, logits, "rho").detach()

@@ -1,4 +1,4 @@
-"""LogitClip (Wei et al., ICML 2023; spec ``imbalance_noise.md`` §4).
+"""LogitClip (Wei et al., ICML 2023; docs/long_tail_noisy.md#logitclip).
 
 Clamping the p-norm of the logit vector to τ bounds CE (and any loss of the logits), which makes
 it tolerant to label noise:

@@ -1,4 +1,5 @@
-"""Class-count-aware loss pieces for long-tailed training (spec imbalance_noise.md §1, §7, §8, §10).
+"""Class-count-aware loss pieces for long-tailed training (docs/long_tail_noisy.md: LDAM-DRW, class
+weights, VS loss, Bayias and UniMix, CDB-W and CDB-S).
 
 Pure functions of the logits and the training class counts n_j:
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from certify.checkpoint import Checkpoint
 from certify.errors import UserError
-from certify.methods.base import (CertificationMethod, MethodOption, OptionError, Row, RunContext,
+from certify.methods.base import (CertificationMethod, EpochCheck, MethodOption, OptionError, Row, RunContext,
                                   example_generator, example_seed)
 from certify.methods.cohen import Cohen
 from certify.methods.linf_bounds import LinfBounds
@@ -22,7 +23,7 @@ from certify.methods.sequential import Sequential
 METHODS: dict[str, type[CertificationMethod]] = {m.name: m for m in (Cohen, Sequential, LinfBounds)}
 
 __all__ = ["METHODS", "CertificationMethod", "MethodOption", "OptionError", "Row", "RunContext",
-           "all_options", "default_method", "example_generator", "example_seed", "make_method",
+           "all_options", "default_method", "epoch_check", "example_generator", "example_seed", "make_method",
            "method_for"]
 
 
@@ -59,6 +60,15 @@ def make_method(ckpt: Checkpoint, model: nn.Module, name: str | None, given: Map
     """The method ready to certify: options checked (unset ones at their defaults)."""
     method = method_for(ckpt, name)
     return method(ckpt, model, method.resolve(given), context)
+
+
+def epoch_check(model: nn.Module, certification: Mapping[str, Any], device: torch.device,
+                seed: int) -> EpochCheck | None:
+    """The per-epoch training metric of a certificate (its kind's default method provides it)."""
+    kind = certification.get("kind")
+    if kind == "none":
+        return None
+    return default_method(kind).epoch_check(model, certification, device, seed)
 
 
 def all_options() -> dict[str, tuple[MethodOption, list[str]]]:

@@ -8,7 +8,6 @@ CLI only read these declarations, so they name no method.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,77 +17,12 @@ import torch
 from torch import nn
 
 from certify.checkpoint import Checkpoint
-from certify.errors import UserError
+from certify.params import Param, ParamError, resolve
 
 
-class OptionError(UserError):
-    """A method option has a bad value; ``option`` names it so the CLI can name its flag, and
-    ``known`` lists the options the method does have when the option was not one of them."""
-
-    def __init__(self, option: str, message: str, known: tuple[str, ...] | None = None):
-        suffix = "" if known is None else f" (its options: {', '.join(known) or 'none'})"
-        super().__init__(f"{option}: {message}{suffix}")
-        self.option, self.message, self.known = option, message, known
-
-
-@dataclass(frozen=True)
-class MethodOption:
-    """One typed option of a method: its name, default, help and the values it accepts.
-
-    ``kind`` is ``int``, ``float``, ``str`` (then ``choices``) or ``"floats"`` (a comma-separated
-    list of floats). Numbers must lie in (``above``, ``below``), or from ``at_least`` for ints.
-    """
-
-    name: str
-    default: Any
-    help: str
-    kind: Any = float
-    choices: tuple[str, ...] = ()
-    above: float | None = None
-    below: float | None = None
-    at_least: int | None = None
-
-    def check(self, value: Any) -> Any:
-        """The value converted to the option's type, or ``OptionError`` saying what is allowed."""
-        if value is None:
-            return None
-        if self.kind == "floats":
-            return self._floats(value)
-        if self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise OptionError(self.name, f"must be an integer, got {value!r}")
-            value = int(value)
-            if self.at_least is not None and value < self.at_least:
-                raise OptionError(self.name, f"must be at least {self.at_least}, got {value}")
-            return value
-        if self.kind is float:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise OptionError(self.name, f"must be a number, got {value!r}") from None
-            if math.isnan(value) or (self.above is not None and value <= self.above) \
-                    or (self.below is not None and value >= self.below):
-                raise OptionError(self.name, f"must be in {self._range()}, got {value}")
-            return value
-        if self.choices and value not in self.choices:
-            raise OptionError(self.name, f"must be one of {', '.join(self.choices)}, got {value!r}")
-        return value
-
-    def _floats(self, value: Any) -> tuple[float, ...]:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        try:
-            numbers = tuple(float(v) for v in items if str(v).strip())
-        except ValueError:
-            raise OptionError(self.name, f"expected numbers separated by commas, got {value!r}") \
-                from None
-        if not numbers or any(not (math.isfinite(v) and v > 0) for v in numbers):
-            raise OptionError(self.name, f"expected positive numbers, got {value!r}")
-        return tuple(sorted(set(numbers)))
-
-    def _range(self) -> str:
-        low = "-∞" if self.above is None else f"{self.above:g}"
-        high = "∞" if self.below is None else f"{self.below:g}"
-        return f"({low}, {high})"
+# A method's options are typed parameters; the old names stay for readers of the method modules.
+MethodOption = Param
+OptionError = ParamError
 
 
 @dataclass(frozen=True)
@@ -108,6 +42,16 @@ class Row:
     radius: float
     seconds: float
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class EpochCheck:
+    """Accumulates a certificate-based metric over the test batches of a training epoch."""
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, float]:
+        raise NotImplementedError
 
 
 class CertificationMethod:
@@ -130,12 +74,13 @@ class CertificationMethod:
     def resolve(cls, given: Mapping[str, Any]) -> dict[str, Any]:
         """Every option's value: the given ones checked, the rest at their defaults. Refuses an
         option this method does not have."""
-        own = {o.name: o for o in cls.options}
-        foreign = sorted(k for k, v in given.items() if v is not None and k not in own)
-        if foreign:
-            raise OptionError(foreign[0], f"does not apply to method {cls.name}", known=tuple(own))
-        return {name: (o.check(given.get(name)) if given.get(name) is not None else o.default)
-                for name, o in own.items()}
+        return resolve(cls.options, given, owner=f"method {cls.name}")
+
+    @classmethod
+    def epoch_check(cls, model: nn.Module, certification: Mapping[str, Any], device: torch.device,
+                    seed: int) -> EpochCheck | None:
+        """A cheap per-epoch proxy of this kind's certificate, logged while training (None: none)."""
+        return None
 
     def certify_stream(self, examples: Iterable[tuple[int, torch.Tensor]]) -> Iterator[Row]:
         """One row per (index, input) in the order given; may read ahead to batch several inputs."""

@@ -7,12 +7,14 @@ radius σ·Φ⁻¹(bound). The default for smoothing checkpoints; its rows are t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
-from certify.methods.base import CertificationMethod, MethodOption, Row, example_generator
+from certify.methods.base import (CertificationMethod, EpochCheck, MethodOption, Row,
+                                  example_generator)
 from certify.smoothing.core import PRECISIONS, Smooth
 
 # The options every smoothing method shares, written once.
@@ -29,6 +31,24 @@ PRECISION = MethodOption("precision", "fp32",
 SMOOTHING_OPTIONS = (N0, N, ALPHA, PRECISION)
 
 
+class NoisyAccuracy(EpochCheck):
+    """``test_noisy_acc``: the base classifier's accuracy under one noise draw per image, the
+    training log's cheap stand-in for the smoothed classifier's accuracy."""
+
+    def __init__(self, model: nn.Module, sigma: float, device: torch.device, seed: int):
+        self.model, self.sigma = model, sigma
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.hits = self.total = 0
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        noise = torch.randn(x.shape, generator=self.generator, device=x.device) * self.sigma
+        self.hits += int((self.model(x + noise).argmax(1) == y).sum().item())
+        self.total += len(y)
+
+    def result(self) -> dict[str, float]:
+        return {"test_noisy_acc": round(self.hits / self.total, 5)}
+
+
 class Cohen(CertificationMethod):
     name = "cohen"
     summary = "--n samples for every image, as Cohen et al. (2019); the reference's rows"
@@ -43,6 +63,11 @@ class Cohen(CertificationMethod):
         self.sigma = float(self.ckpt.certification["sigma"])
         self.smooth = Smooth(self.model, self.ckpt.num_classes, self.sigma,
                              precision=self.settings["precision"])
+
+    @classmethod
+    def epoch_check(cls, model: nn.Module, certification: Mapping[str, Any], device: torch.device,
+                    seed: int) -> EpochCheck | None:
+        return NoisyAccuracy(model, float(certification["sigma"]), device, seed)
 
     def certify_stream(self, examples: Iterable[tuple[int, torch.Tensor]]) -> Iterator[Row]:
         s, ctx = self.settings, self.context

@@ -8,16 +8,36 @@ net's natural one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
 
 import torch
+from torch import nn
 
 from certify.linf_dist.certifier import (BOUNDS, input_std, interval_radii, lipschitz_radii,
                                          split_model)
-from certify.linf_dist.layers import INF, set_p
-from certify.methods.base import CertificationMethod, MethodOption, OptionError, Row
+from certify.linf_dist.layers import INF, get_p, set_p
+from certify.methods.base import (CertificationMethod, EpochCheck, MethodOption, OptionError,
+                                  Row)
+
+
+class LipschitzAccuracy(EpochCheck):
+    """``test_cert_acc``: the fraction of test images classified correctly with a Lipschitz radius
+    of at least the recorded ε; logged only at p = ∞, where the certificate holds."""
+
+    def __init__(self, model: nn.Module, eps: float):
+        self.model, self.eps = model, eps
+        self.hits = self.total = 0
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        certified = (logits.argmax(1) == y) & (lipschitz_radii(self.model, logits) >= self.eps)
+        self.hits += int(certified.sum().item())
+        self.total += len(y)
+
+    def result(self) -> dict[str, float]:
+        return {"test_cert_acc": round(self.hits / self.total, 5)}
 
 
 class LinfBounds(CertificationMethod):
@@ -44,6 +64,15 @@ class LinfBounds(CertificationMethod):
             raise OptionError("bound", "the hybrid ℓ∞-dist net has an MLP head with no Lipschitz "
                                        "certificate: use interval (or auto)")
         self.std = input_std(self.model)
+
+    @classmethod
+    def epoch_check(cls, model: nn.Module, certification: Mapping[str, Any], device: torch.device,
+                    seed: int) -> EpochCheck | None:
+        p = get_p(model)
+        pure = hasattr(split_model(model)[1], "logit_bounds")
+        eps = certification.get("eps")
+        return LipschitzAccuracy(model, eps) if eps and pure and p is not None and math.isinf(p) \
+            else None
 
     @torch.no_grad()
     def certify_batch(self, x: torch.Tensor) -> list[tuple[int, float]]:

@@ -1,71 +1,50 @@
-"""Training objectives, by name. Each says which certificate its model is trained for.
+"""Training objectives, by name: ``certify train --objective NAME`` looks the name up here.
 
-An objective maps a batch to a loss; the trainer owns everything else (data, optimizer, schedule,
-checkpoints). Later objectives (SmoothMix, the ℓ∞-dist hinge, LDAM, ...) register here the same way.
+Adding an objective is one module that subclasses :class:`~certify.objectives.base.Objective`
+(its loss, its certificate, its typed options and the hooks it needs) and one entry in
+``OBJECTIVES``; the CLI flags, recipe keys and checks are generated from its options.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
-
-import torch
-from torch import nn
+from typing import Any
 
 from certify.errors import UserError
+from certify.objectives.base import Objective
 from certify.objectives.classify import Classify
 from certify.objectives.gaussian import GaussianAugmentation
 from certify.objectives.linf_margin import LinfHinge, LinfHybridCE, LinfMixture
 from certify.objectives.smoothmix import SmoothMix
+from certify.params import Param, resolve
 
-__all__ = ["Objective", "register_objective", "make_objective", "available_objectives",
+__all__ = ["OBJECTIVES", "Objective", "make_objective", "available_objectives", "all_options",
            "Classify", "GaussianAugmentation", "SmoothMix", "LinfMixture", "LinfHinge", "LinfHybridCE"]
 
-
-class Objective(Protocol):
-    """One training criterion; ``certification`` is recorded in the checkpoint for ``certify run``.
-
-    ``steps_per_batch``: the trainer splits each loader batch into this many equal chunks and takes
-    one optimizer step per chunk (SmoothMix's reference does m steps per batch; most objectives: 1).
-    Optional ``schedule(model, step, steps_per_epoch) -> dict`` is called before every loader batch
-    (global step from 0) for per-minibatch schedules such as the ℓ∞ nets' p. Objectives with a
-    ``label_loss`` (classify, gaussian, smoothmix) also get ``set_class_counts(counts)`` once the
-    data is prepared, ``set_example_weighting(absgd)`` for ``--optimizer absgd``,
-    ``start_epoch(epoch)`` before and ``after_epoch(model, validation, epoch, device)`` after
-    every epoch, and ``state_dict`` / ``load_state_dict`` for resuming.
-    """
-
-    name: str
-    steps_per_batch: int
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             epoch: int) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    def certification(self) -> dict[str, Any]: ...
-
-    def params(self) -> dict[str, Any]: ...
-
-
-_REGISTRY: dict[str, Callable[..., Objective]] = {}
-
-
-def register_objective(name: str, factory: Callable[..., Objective]) -> None:
-    _REGISTRY[name] = factory
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (
+    Classify, GaussianAugmentation, SmoothMix, LinfMixture, LinfHinge, LinfHybridCE)}
 
 
 def available_objectives() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(OBJECTIVES)
+
+
+def objective_class(name: str) -> type[Objective]:
+    if name not in OBJECTIVES:
+        raise UserError(f"unknown objective {name!r}; choose one of: {', '.join(available_objectives())}")
+    return OBJECTIVES[name]
 
 
 def make_objective(name: str, **params: Any) -> Objective:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown objective {name!r}; choose one of: {', '.join(available_objectives())}")
-    return _REGISTRY[name](**params)
+    """The objective NAME with ``params`` checked against its options (None: the default)."""
+    objective = objective_class(name)
+    return objective(**resolve(objective.options, params, owner=f"objective {name}", defaults=False))
 
 
-register_objective("classify", Classify)
-register_objective("gaussian", GaussianAugmentation)
-register_objective("smoothmix", SmoothMix)
-register_objective("linf_mixture", LinfMixture)
-register_objective("linf_hinge", LinfHinge)
-register_objective("linf_hybrid_ce", LinfHybridCE)
+def all_options() -> dict[str, tuple[Param, list[str]]]:
+    """Every option of every objective, once, with the objectives that have it (shared options are
+    the same ``Param`` object, which a test checks)."""
+    options: dict[str, tuple[Param, list[str]]] = {}
+    for objective in OBJECTIVES.values():
+        for option in objective.options:
+            options.setdefault(option.name, (option, []))[1].append(objective.name)
+    return options

@@ -8,14 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.objectives.label_loss import LabelLoss, WithLabelLoss
+from certify.objectives.label_loss import LABEL_LOSS_OPTIONS, LabelLoss, WithLabelLoss
 
 
 class Classify(WithLabelLoss):
     """Cross-entropy (or α-loss, CALS, label smoothing, LogitClip) on the clean training images."""
 
     name = "classify"
-    steps_per_batch = 1
+    summary = "the label loss on clean images (no certificate)"
+    options = LABEL_LOSS_OPTIONS
 
     def __init__(self, **loss_options: Any):
         self.label_loss = LabelLoss(**loss_options)

@@ -12,8 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.errors import UserError
-from certify.objectives.label_loss import LabelLoss, WithLabelLoss
+from certify.objectives.label_loss import LABEL_LOSS_OPTIONS, LabelLoss, WithLabelLoss
+from certify.params import Param
+
+SIGMA = Param("sigma", 0.25, "Smoothing objectives: noise level σ in [0,1] pixel units; certify with the "
+              "same σ.", above=0, reference="Cohen et al. 2019")
 
 
 class GaussianAugmentation(WithLabelLoss):
@@ -24,12 +27,12 @@ class GaussianAugmentation(WithLabelLoss):
     """
 
     name = "gaussian"
-    steps_per_batch = 1
+    summary = "Gaussian data augmentation for randomized smoothing (Cohen et al. 2019)"
+    options = (SIGMA, *LABEL_LOSS_OPTIONS)
+    always_recorded = ("sigma",)
 
-    def __init__(self, sigma: float = 0.25, **loss_options: Any):
-        if not sigma > 0:
-            raise UserError(f"--sigma must be positive for Gaussian augmentation, got {sigma}")
-        self.sigma = float(sigma)
+    def __init__(self, sigma: float = SIGMA.default, **loss_options: Any):
+        self.sigma = float(SIGMA.check(sigma))
         self.label_loss = LabelLoss(**loss_options)  # cross-entropy unless told otherwise
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

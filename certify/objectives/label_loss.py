@@ -26,47 +26,87 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certify.errors import UserError
+from certify.params import Param, ParamError, resolve
 from certify.losses import CALSMultipliers, alpha_loss, clip_logits
 from certify.losses.absgd import ABSGDWeighting
-from certify.losses.long_tail import (bayias_logits, ldam_logits, ldam_margins, parse_cdb_tau,
-                                      vs_logits)
-from certify.objectives.reweighting import ClassReweighting, class_difficulty
+from certify.losses.long_tail import TAU_RULES, bayias_logits, ldam_logits, ldam_margins, vs_logits
+from certify.objectives.reweighting import REDUCTIONS, REWEIGHT_RULES, ClassReweighting, class_difficulty
+from certify.objectives.base import Objective
 from certify.objectives.unimix import MixedTargets, UniMix
+from certify.training.component import TrainingRun
 
 LOSSES = ("ce", "alpha", "cals", "ldam", "vs", "bayias")
 COUNT_LOSSES = ("ldam", "vs", "bayias")  # logits adjusted by the class counts
+_NUMBER = dict(kind=float)
+
+# The options of every objective that ends in "logits vs labels", declared once.
+LABEL_LOSS_OPTIONS: tuple[Param, ...] = (
+    Param("loss", "ce", "The loss on the (noisy) logits: cross-entropy, the α-loss (--alpha), CALS "
+          "(needs --val-count), or for long-tailed data LDAM (cosine head, s = 30), VS or Bayias "
+          "(= logit adjustment with τ = 1).", kind=str, choices=LOSSES),
+    Param("label_smoothing", 0.0, "--loss ce: label smoothing ε.", at_least=0, below=1),
+    Param("alpha", 1.0, "--loss alpha: α (1 = CE, ½ exponential, inf = 1 − p_y; > 1 for noisy "
+          "labels).", above=0, reference="Sypherd et al. 2022"),
+    Param("logit_clip", None, "LogitClip: clamp the logit vector's p-norm to τ before the loss "
+          "(training only; default: off).", above=0, reference="Wei et al. 2023"),
+    Param("logit_clip_p", 2.0, "LogitClip: the norm's p.", at_least=1),
+    Param("cals_margin", 10.0, "CALS: the logit-distance margin m.", above=0,
+          reference="Liu et al. 2023"),
+    Param("ldam_max_m", 0.5, "LDAM: the rarest class's margin (margins ∝ n^(-1/4)).", above=0,
+          reference="Cao et al. 2019"),
+    Param("ldam_s", 30.0, "LDAM: logit scale s.", above=0, reference="Cao et al. 2019"),
+    Param("vs_gamma", 0.3, "VS: γ of the multiplicative Δ_j = (n_j/n_max)^γ (0 gives LA).",
+          reference="Kini et al. 2021"),
+    Param("vs_tau", 1.0, "VS: τ of the additive ι_j = τ·log π_j (0 gives CDT).",
+          reference="Kini et al. 2021"),
+    Param("reweight", "none", "Per-class loss weights: class-balanced (cb, β = --cb-beta) from the "
+          "start, the same deferred to --drw-epoch (drw), or CDB-W from validation difficulty "
+          "(cdb, needs --balanced-val).", kind=str, choices=REWEIGHT_RULES),
+    Param("cb_beta", 0.9999, "cb/drw: β of the effective number.", at_least=0, below=1,
+          reference="Cui et al. 2019"),
+    Param("drw_epoch", 160, "drw: first epoch (0-based) with class-balanced weights (of 200).",
+          kind=int, at_least=0, reference="Cao et al. 2019"),
+    Param("cdb_tau", "dynamic", "CDB-W: exponent τ of w = d^τ: a number, dynamic (CIFAR code) or "
+          "dynamic-imagenet.", kind="float|str", choices=TAU_RULES, metavar="TAU|dynamic",
+          reference="Sinha et al. 2022"),
+    Param("cdb_floor", 0.0, "CDB-W: floor on the difficulty, so a class perfect on validation "
+          "keeps a weight (0: as the reference).", at_least=0, at_most=1),
+    Param("weight_reduction", "auto", "How weighted losses average: Σwℓ/Σw (weighted: cb/drw as "
+          "the references) or mean(wℓ) (mean: CDB's CIFAR code); auto picks the reference's.",
+          kind=str, choices=REDUCTIONS),
+    Param("unimix", False, "UniMix: mix each image with a tail-favouring partner of its batch "
+          "(Prior-LT).", kind=bool, reference="Xu et al. 2021"),
+    Param("unimix_alpha", 0.8, "UniMix: Beta(α, α) of the wrapped mixing factor (must be < 1).",
+          above=0, below=1),
+    Param("unimix_tau", -0.5, "UniMix: partners drawn ∝ n^τ."),
+    Param("unimix_stop", None, "UniMix: last epoch (exclusive) that mixes (default: all).",
+          kind=int, at_least=0),
+)
+_DEFAULT = {p.name: p.default for p in LABEL_LOSS_OPTIONS}
 
 
 class LabelLoss:
     """``loss(logits, targets)`` with the chosen base loss, weights and reduction; ``mix`` applies
     UniMix; ``after_epoch`` updates CALS's multipliers and CDB's difficulty."""
 
-    def __init__(self, loss: str = "ce", label_smoothing: float = 0.0, alpha: float = 1.0,
-                 logit_clip: float | None = None, logit_clip_p: float = 2.0,
-                 cals_margin: float = 10.0, ldam_max_m: float = 0.5, ldam_s: float = 30.0,
-                 vs_gamma: float = 0.3, vs_tau: float = 1.0, reweight: str = "none",
-                 cb_beta: float = 0.9999, drw_epoch: int = 160, cdb_tau: str | float = "dynamic",
-                 cdb_floor: float = 0.0, weight_reduction: str = "auto", unimix: bool = False,
-                 unimix_alpha: float = 0.8, unimix_tau: float = -0.5, unimix_stop: int | None = None):
-        if loss not in LOSSES:
-            raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if not 0 <= label_smoothing < 1:
-            raise UserError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
-        if label_smoothing and loss != "ce":
-            raise UserError("--label-smoothing applies to --loss ce only")
-        if not alpha > 0:
-            raise UserError(f"--alpha must be positive (inf allowed), got {alpha}")
-        if logit_clip is not None and not logit_clip > 0:
-            raise UserError(f"--logit-clip must be positive, got {logit_clip}")
-        if not cals_margin > 0:
-            raise UserError(f"--cals-margin must be positive, got {cals_margin}")
-        if not (ldam_max_m > 0 and ldam_s > 0):
-            raise UserError(f"--ldam-max-m and --ldam-s must be positive, got {ldam_max_m}, {ldam_s}")
-        if not 0 <= cdb_floor <= 1:
-            raise UserError(f"--cdb-floor must be in [0, 1], got {cdb_floor}")
+    def __init__(self, loss: str = _DEFAULT["loss"], label_smoothing: float = _DEFAULT["label_smoothing"],
+                 alpha: float = _DEFAULT["alpha"], logit_clip: float | None = _DEFAULT["logit_clip"],
+                 logit_clip_p: float = _DEFAULT["logit_clip_p"],
+                 cals_margin: float = _DEFAULT["cals_margin"], ldam_max_m: float = _DEFAULT["ldam_max_m"],
+                 ldam_s: float = _DEFAULT["ldam_s"], vs_gamma: float = _DEFAULT["vs_gamma"],
+                 vs_tau: float = _DEFAULT["vs_tau"], reweight: str = _DEFAULT["reweight"],
+                 cb_beta: float = _DEFAULT["cb_beta"], drw_epoch: int = _DEFAULT["drw_epoch"],
+                 cdb_tau: str | float = _DEFAULT["cdb_tau"], cdb_floor: float = _DEFAULT["cdb_floor"],
+                 weight_reduction: str = _DEFAULT["weight_reduction"], unimix: bool = _DEFAULT["unimix"],
+                 unimix_alpha: float = _DEFAULT["unimix_alpha"], unimix_tau: float = _DEFAULT["unimix_tau"],
+                 unimix_stop: int | None = _DEFAULT["unimix_stop"]):
+        values = resolve(LABEL_LOSS_OPTIONS, {k: v for k, v in locals().items() if k != "self"},
+                         owner="the label loss")  # types and ranges; the rules between them follow
+        if values["label_smoothing"] and loss != "ce":
+            raise ParamError("label_smoothing", "applies to loss ce only")
         if loss == "cals" and (reweight != "none" or unimix):
-            raise UserError("--loss cals does not combine with --reweight or --unimix")
-        cdb_tau = parse_cdb_tau(cdb_tau, "--cdb-tau")
+            raise ParamError("loss", "cals does not combine with reweight or unimix")
+        cdb_tau = values["cdb_tau"]
         self.loss, self.label_smoothing, self.alpha = loss, float(label_smoothing), float(alpha)
         self.logit_clip = None if logit_clip is None else float(logit_clip)
         self.logit_clip_p, self.cals_margin = float(logit_clip_p), float(cals_margin)
@@ -92,8 +132,8 @@ class LabelLoss:
     def set_class_counts(self, counts: list[int] | Tensor) -> None:
         counts = torch.as_tensor(counts, dtype=torch.int64)
         if self.needs_counts() and bool((counts < 1).any()):
-            raise UserError(f"every class needs a training image for --loss {self.loss} / "
-                            f"--reweight / --unimix; the counts are {counts.tolist()}")
+            raise UserError(f"every class needs a training image for loss {self.loss} / "
+                            f"reweight / unimix; the counts are {counts.tolist()}")
         self.counts = counts
         if self.loss == "ldam":
             self.margins = ldam_margins(counts, self.ldam_max_m)
@@ -101,7 +141,7 @@ class LabelLoss:
 
     def set_example_weighting(self, absgd: ABSGDWeighting) -> None:
         if self.loss == "cals":
-            raise UserError("--optimizer absgd does not combine with --loss cals")
+            raise ParamError("optimizer", "absgd does not combine with loss cals")
         self.absgd = absgd
 
     def start_epoch(self, epoch: int) -> None:
@@ -115,6 +155,12 @@ class LabelLoss:
 
     def needs_validation(self) -> bool:
         return self.loss == "cals" or self.reweighting.needs_validation
+
+    def missing_validation(self, param: str) -> ParamError:
+        """The error for a run without the validation split that CALS or CDB-W needs; ``param``
+        is the data option that would give one."""
+        return ParamError(param, f"loss {self.loss} / reweight {self.reweighting.rule} needs a "
+                                 f"validation split: set {param} to N")
 
     # -- the loss ------------------------------------------------------------------------------
 
@@ -170,8 +216,7 @@ class LabelLoss:
         if not self.needs_validation():
             return
         if validation is None:
-            raise UserError(f"--loss {self.loss} / --reweight {self.reweighting.rule} needs a "
-                            f"validation split: pass --val-count N or --balanced-val N")
+            raise self.missing_validation("val_count")
         from torch.utils.data import DataLoader
 
         if self.reweighting.needs_validation:
@@ -236,23 +281,35 @@ class LabelLoss:
         return params
 
 
-class WithLabelLoss:
-    """Mixin for objectives that hold a ``self.label_loss``: the trainer's hooks (class counts,
-    ABSGD, the start and end of each epoch) and the resume state go to it."""
+class WithLabelLoss(Objective):
+    """Base of the objectives that hold a ``self.label_loss``: the loop's hooks (class counts and
+    the validation check at set-up, ABSGD, the start and end of each epoch, the resume state) go
+    to it, and LDAM asks for its cosine head."""
 
     label_loss: LabelLoss
 
-    def after_epoch(self, model: nn.Module, validation: Any, epoch: int, device: torch.device) -> None:
-        self.label_loss.after_epoch(model, validation, epoch, device)
+    def setup(self, run: TrainingRun) -> None:
+        self.label_loss.set_class_counts(run.data.class_counts)
+        if self.label_loss.needs_validation() and run.data.validation is None:
+            balanced = self.label_loss.loss != "cals" or run.config.data.imbalance != 1 \
+                or run.config.data.balanced_val
+            raise self.label_loss.missing_validation("balanced_val" if balanced else "val_count")
 
-    def set_class_counts(self, counts: list[int]) -> None:
-        self.label_loss.set_class_counts(counts)
-
-    def set_example_weighting(self, absgd: Any) -> None:
-        self.label_loss.set_example_weighting(absgd)
-
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, run: TrainingRun, epoch: int) -> dict[str, Any]:
         self.label_loss.start_epoch(epoch)
+        return {}
+
+    def end_epoch(self, run: TrainingRun, epoch: int) -> None:
+        self.label_loss.after_epoch(run.model, run.data.validation, epoch, run.device)
+
+    def metrics(self) -> dict[str, Any]:
+        return self.label_loss.epoch_metrics()
+
+    def reweight_examples(self, weighting: Any) -> None:
+        self.label_loss.set_example_weighting(weighting)
+
+    def arch_overrides(self) -> dict[str, Any]:
+        return {"cosine_head": True} if self.label_loss.loss == "ldam" else {}  # LDAM's normed head
 
     def state_dict(self) -> dict[str, Any]:
         return self.label_loss.state_dict()

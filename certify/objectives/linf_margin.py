@@ -14,25 +14,45 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from certify.errors import UserError
+from certify.objectives.base import Objective
+from certify.params import Param, ParamError
 from certify.linf_dist.certifier import input_std, split_model
 from certify.linf_dist.layers import set_p
 from certify.linf_dist.schedules import lambda_at, p_at, ramp
 
 
-class _LinfObjective:
+LINF_SCHEDULE_OPTIONS: tuple[Param, ...] = (
+    Param("eps_train", None, "ℓ∞ nets: training ε in pixel units (the hinge threshold is θ = 2ε).",
+          above=0),
+    Param("eps_test", None, "ℓ∞ nets: the ε whose certified accuracy is logged each epoch at p = ∞.",
+          above=0),
+    Param("p_start", 8.0, "ℓ∞ nets: initial p of the ℓp relaxation.", at_least=1),
+    Param("p_end", 1000.0, "ℓ∞ nets: p reached at --p-end-epoch, then ∞ if ≥ 100.", at_least=1),
+    Param("p_start_epoch", 0.0, "ℓ∞ nets: epoch where p starts growing geometrically (v2 CIFAR: "
+          "100).", at_least=0),
+    Param("p_end_epoch", 0.0, "ℓ∞ nets: epoch where p reaches --p-end and switches to ∞ (v2 CIFAR: "
+          "1250).", at_least=0),
+    Param("eps_start_epoch", 0.0, "ℓ∞ nets: start of a linear ε ramp (0 and 0: ε from the start).",
+          at_least=0),
+    Param("eps_end_epoch", 0.0, "ℓ∞ nets: end of the linear ε ramp.", at_least=0),
+)
+_DEFAULT = {p.name: p.default for p in LINF_SCHEDULE_OPTIONS}
+
+
+class _LinfObjective(Objective):
     """Schedules shared by the ℓ∞ objectives; subclasses define ``_loss(model, net, x, y, eps)``."""
 
-    steps_per_batch = 1
-    name = ""
+    required = ("eps_train", "eps_test")
 
-    def __init__(self, eps_train: float, eps_test: float, p_start: float = 8.0, p_end: float = 1000.0,
-                 p_start_epoch: float = 0.0, p_end_epoch: float = 0.0, eps_start_epoch: float = 0.0,
-                 eps_end_epoch: float = 0.0):
-        if not eps_train > 0 or not eps_test > 0:
-            raise UserError(f"--eps-train and --eps-test must be positive, got {eps_train}, {eps_test}")
-        if not 1 <= p_start <= p_end:
-            raise UserError(f"need 1 ≤ p_start ≤ p_end, got {p_start} and {p_end}")
+    def __init__(self, eps_train: float, eps_test: float, p_start: float = _DEFAULT["p_start"],
+                 p_end: float = _DEFAULT["p_end"], p_start_epoch: float = _DEFAULT["p_start_epoch"],
+                 p_end_epoch: float = _DEFAULT["p_end_epoch"],
+                 eps_start_epoch: float = _DEFAULT["eps_start_epoch"],
+                 eps_end_epoch: float = _DEFAULT["eps_end_epoch"]):
+        for param in LINF_SCHEDULE_OPTIONS:
+            param.check(locals()[param.name])
+        if not p_start <= p_end:
+            raise ParamError("p_start", f"must be at most p_end ({p_end}), got {p_start}")
         self.eps_train, self.eps_test = float(eps_train), float(eps_test)
         self.p_start, self.p_end = float(p_start), float(p_end)
         self.p_start_epoch, self.p_end_epoch = float(p_start_epoch), float(p_end_epoch)
@@ -82,24 +102,34 @@ def multiclass_hinge(g: Tensor, y: Tensor, theta: float, mix: float = 0.75) -> T
     return mix * res.amax(1).mean() + (1.0 - mix) * res.mean()
 
 
+LAMBDA_START = Param("lambda_start", 0.05, "linf_mixture: initial weight λ of the scaled "
+                     "cross-entropy.", above=0, reference="Zhang et al. 2022")
+LAMBDA_END = Param("lambda_end", 0.0002, "linf_mixture: final λ, reached with p.", above=0)
+HINGE_MIX = Param("mix", 0.75, "linf_hinge: weight of the max-over-classes hinge against the mean.",
+                  at_least=0, at_most=1, flag="hinge_mix", reference="Zhang et al. 2021")
+KAPPA = Param("kappa", 1.0, "linf_hybrid_ce: weight κ of the worst-case cross-entropy.", at_least=0,
+              at_most=1)
+
+
 class LinfMixture(_LinfObjective):
     """v2 (Zhang et al. 2022): clipped hinge at θ = 2ε + λ(t)·CE(s·g, y), s the net's learnable scale."""
 
     name = "linf_mixture"
+    summary = "ℓ∞-dist net v2: clipped hinge + scaled cross-entropy (Zhang et al. 2022)"
+    options = (*LINF_SCHEDULE_OPTIONS, LAMBDA_START, LAMBDA_END)
 
-    def __init__(self, eps_train: float, eps_test: float, lambda_start: float = 0.05,
-                 lambda_end: float = 0.0002, **schedule: Any):
+    def __init__(self, eps_train: float, eps_test: float, lambda_start: float = LAMBDA_START.default,
+                 lambda_end: float = LAMBDA_END.default, **schedule: Any):
         super().__init__(eps_train, eps_test, **schedule)
-        if not (lambda_start > 0 and lambda_end > 0):
-            raise UserError(f"λ must be positive, got {lambda_start} → {lambda_end}")
+        LAMBDA_START.check(lambda_start), LAMBDA_END.check(lambda_end)
         self.lambda_start, self.lambda_end = float(lambda_start), float(lambda_end)
 
     def _loss(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
               eps: float) -> tuple[Tensor, dict[str, float]]:
         scale = getattr(net, "logit_scale", None)
         if scale is None:
-            raise UserError("the v2 objective needs the learnable logit scale: build the net with "
-                            "--arch-opt scalar=1")
+            raise ParamError("arch_kwargs", "the v2 objective needs the learnable logit scale: "
+                                            "build the net with scalar=1")
         g = model(x)
         weight = lambda_at(self.ratio, self.lambda_start, self.lambda_end)
         hinge = clipped_hinge(g, y, 2 * eps)
@@ -115,11 +145,13 @@ class LinfHinge(_LinfObjective):
     """v1 (Zhang et al. 2021): the multi-class hinge at θ = 2ε on the pure net's logits."""
 
     name = "linf_hinge"
+    summary = "ℓ∞-dist net v1: the multi-class hinge (Zhang et al. 2021)"
+    options = (*LINF_SCHEDULE_OPTIONS, HINGE_MIX)
 
-    def __init__(self, eps_train: float, eps_test: float, mix: float = 0.75, **schedule: Any):
+    def __init__(self, eps_train: float, eps_test: float, mix: float = HINGE_MIX.default,
+                 **schedule: Any):
         super().__init__(eps_train, eps_test, **schedule)
-        if not 0 <= mix <= 1:
-            raise UserError(f"the hinge mix must be in [0, 1], got {mix}")
+        HINGE_MIX.check(mix)
         self.mix = float(mix)
 
     def _loss(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
@@ -137,19 +169,21 @@ class LinfHybridCE(_LinfObjective):
     bounds the features by their Lipschitz box (± ε) and propagates intervals through the head."""
 
     name = "linf_hybrid_ce"
+    summary = "ℓ∞-dist Net+MLP: cross-entropy on interval-bound worst-case logits"
+    options = (*LINF_SCHEDULE_OPTIONS, KAPPA)
 
-    def __init__(self, eps_train: float, eps_test: float, kappa: float = 1.0, **schedule: Any):
+    def __init__(self, eps_train: float, eps_test: float, kappa: float = KAPPA.default,
+                 **schedule: Any):
         super().__init__(eps_train, eps_test, **schedule)
-        if not 0 <= kappa <= 1:
-            raise UserError(f"κ must be in [0, 1], got {kappa}")
+        KAPPA.check(kappa)
         self.kappa = float(kappa)
 
     def _loss(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
               eps: float) -> tuple[Tensor, dict[str, float]]:
         if not hasattr(net, "head"):
-            raise UserError("--objective linf_hybrid_ce trains the hybrid net: use --arch linf_dist_hybrid")
+            raise ParamError("arch", "objective linf_hybrid_ce trains the hybrid net: use linf_dist_hybrid")
         if model is not split_model(model) and hasattr(model, "module"):
-            raise UserError("--objective linf_hybrid_ce does not run under torchrun yet")
+            raise ParamError("objective", "linf_hybrid_ce does not run under torchrun yet")
         normalize = split_model(model)[0]
         features = net.features(normalize(x))
         logits = net.head(features)

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from certify.errors import UserError
-from certify.objectives.label_loss import LabelLoss, WithLabelLoss
+from certify.objectives.gaussian import SIGMA
+from certify.objectives.label_loss import LABEL_LOSS_OPTIONS, LabelLoss, WithLabelLoss
+from certify.params import Param, ParamError, resolve
 
 __all__ = ["SmoothMix", "self_mixup", "smoothed_softmax", "warmup_factor"]
 
@@ -66,8 +67,26 @@ def _frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+SMOOTHMIX_OPTIONS: tuple[Param, ...] = (
+    Param("num_noise_vec", 1, "SmoothMix m: noise draws per image; each batch is split into m "
+          "optimizer steps.", kind=int, at_least=1),
+    Param("num_steps", 8, "SmoothMix T: ascent steps of the attack on the smoothed classifier.",
+          kind=int, at_least=1),
+    Param("step_size", 1.0, "SmoothMix attack step size (ℓ2, pixel units; the reference's --alpha).",
+          above=0, flag="attack_step"),
+    Param("eta", 1.0, "SmoothMix weight η of the mixup term.", at_least=0),
+    Param("mix_step", 0, "SmoothMix: attack step whose point replaces x (0: x; 1: the one-step "
+          "adversary).", kind=int, at_least=0),
+    Param("warmup", 10, "SmoothMix: epochs over which η and the --mix-step radius ramp up.",
+          kind=int, at_least=1),
+    Param("maxnorm_s", None, "SmoothMix: ℓ2 radius for the --mix-step point (default: attack-step "
+          "× mix-step).", at_least=0),
+    Param("maxnorm", None, "SmoothMix: ℓ2 ball for the attack (default: none, only the [0,1] "
+          "clamp).", above=0),
+    Param("detach_target", False, "SmoothMix: detach the mixup target F̂(x̃) from the graph (the "
+          "reference keeps its gradient).", kind=bool),
+)
+_DEFAULT = {p.name: p.default for p in SMOOTHMIX_OPTIONS}
 
 
 class SmoothMix(WithLabelLoss):
@@ -86,28 +105,20 @@ class SmoothMix(WithLabelLoss):
     """
 
     name = "smoothmix"
+    summary = "SmoothMix for randomized smoothing (Jeong et al. 2021)"
+    options = (SIGMA, *SMOOTHMIX_OPTIONS, *LABEL_LOSS_OPTIONS)
+    always_recorded = ("sigma",)
 
-    def __init__(self, sigma: float, num_noise_vec: int = 1, num_steps: int = 8, step_size: float = 1.0,
-                 eta: float = 1.0, mix_step: int = 0, warmup: int = 10, maxnorm_s: float | None = None,
-                 maxnorm: float | None = None, detach_target: bool = False, **loss_options: Any):
-        if not sigma > 0:
-            raise UserError(f"--sigma must be positive for SmoothMix, got {sigma}")
-        if not _is_int(num_noise_vec) or num_noise_vec < 1:
-            raise UserError(f"--num-noise-vec must be an integer ≥ 1, got {num_noise_vec}")
-        if not _is_int(num_steps) or num_steps < 1:
-            raise UserError(f"--num-steps must be an integer ≥ 1, got {num_steps}")
-        if not step_size > 0:
-            raise UserError(f"--attack-step must be positive, got {step_size}")
-        if not eta >= 0:
-            raise UserError(f"--eta must be ≥ 0, got {eta}")
-        if not _is_int(mix_step) or not 0 <= mix_step <= num_steps:
-            raise UserError(f"--mix-step must be an integer in 0..--num-steps ({num_steps}), got {mix_step}")
-        if not _is_int(warmup) or warmup < 1:
-            raise UserError(f"--warmup must be an integer ≥ 1, got {warmup}")
-        if maxnorm_s is not None and not maxnorm_s >= 0:
-            raise UserError(f"--maxnorm-s must be ≥ 0, got {maxnorm_s}")
-        if maxnorm is not None and not maxnorm > 0:
-            raise UserError(f"--maxnorm must be positive, got {maxnorm}")
+    def __init__(self, sigma: float = SIGMA.default, num_noise_vec: int = _DEFAULT["num_noise_vec"],
+                 num_steps: int = _DEFAULT["num_steps"], step_size: float = _DEFAULT["step_size"],
+                 eta: float = _DEFAULT["eta"], mix_step: int = _DEFAULT["mix_step"],
+                 warmup: int = _DEFAULT["warmup"], maxnorm_s: float | None = _DEFAULT["maxnorm_s"],
+                 maxnorm: float | None = _DEFAULT["maxnorm"],
+                 detach_target: bool = _DEFAULT["detach_target"], **loss_options: Any):
+        own = {k: v for k, v in locals().items() if k not in ("self", "loss_options", "__class__")}
+        resolve((SIGMA, *SMOOTHMIX_OPTIONS), own, owner="smoothmix")  # types and ranges
+        if not mix_step <= num_steps:
+            raise ParamError("mix_step", f"must be in 0..num_steps ({num_steps}), got {mix_step}")
         self.sigma = float(sigma)
         self.num_noise_vec = num_noise_vec
         self.num_steps = num_steps
@@ -120,7 +131,7 @@ class SmoothMix(WithLabelLoss):
         self.detach_target = bool(detach_target)
         self.steps_per_batch = num_noise_vec
         if loss_options.get("unimix"):
-            raise UserError("--unimix does not combine with --objective smoothmix")
+            raise ParamError("unimix", "does not combine with objective smoothmix")
         self.label_loss = LabelLoss(**loss_options)
 
     def clean_radius(self, epoch: int) -> float:

@@ -1,8 +1,11 @@
 """Train a model with a pluggable objective, checkpointing atomically at the end of every epoch.
 
-Defaults follow the smoothing reference's ``train.py`` (SGD, lr 0.1, momentum 0.9, weight decay 1e-4,
-StepLR(30, 0.1), batch 256). A resumed run restores the optimizer, the schedule and the RNG, so it
-continues where the interrupted one stopped.
+The loop is generic: the objective and the components (:mod:`certify.training.component`) bring
+everything method-specific through their hooks, and the per-epoch certified metric comes from the
+certificate's method (:func:`certify.methods.epoch_check`). Defaults follow the smoothing reference's
+``train.py`` (SGD, lr 0.1, momentum 0.9, weight decay 1e-4, StepLR(30, 0.1), batch 256). A resumed
+run restores the optimizer, the schedule, every component's state and the RNG, so it continues
+where the interrupted one stopped.
 
 Under ``torchrun`` the same loop runs data-parallel (see ``certify.training.distributed``): each rank
 trains on its share of every epoch with ``batch_size`` images per step; rank 0 alone evaluates, logs
@@ -11,117 +14,34 @@ and writes the checkpoint and the JSON-lines log while the others wait at a barr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from certify.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from certify.errors import UserError
-from certify.data.augment import crop_augmentation
 from certify.fsutil import atomic_write_text
-from certify.linf_dist.schedules import cosine_factor
-from certify.losses.absgd import ABSGDWeighting
 from certify.objectives import make_objective
+from certify.objectives.base import Objective
 from certify.training import distributed
+from certify.training.component import TrainingComponent, TrainingRun
+from certify.training.config import AMP_MODES, COMPONENTS, RESUMABLE_CHANGES, TrainConfig
+from certify.training.data import load_training_data
 from certify.training.distributed import DistInfo
-from certify.training.susceptibility import Susceptibility
-from certify.training.sampling import ExampleSampling
-from certify.training.views import TrainingData, memorization, prepare_training_data
+from certify.training.model import build_training_model
+from certify.training.optim import make_optimizer, make_scheduler, per_step
+from certify.training.views import memorization
 
-# Fields that may change when a run is resumed (they do not change what is being trained).
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir", "channels_last")
-AMP_MODES = ("off", "bf16")
-OPTIMIZERS = ("sgd", "adam", "absgd")
-SAMPLERS = ("none", "class-balanced", "cdb")
-LR_SCHEDULES = ("step", "cosine")
-AUGMENTATIONS = ("dataset", "none", "crop-zero", "crop-edge")
-
-
-@dataclass
-class TrainConfig:
-    """A training run; recorded verbatim in every checkpoint it writes."""
-
-    dataset: str = "fashion-mnist"
-    arch: str = "lenet"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    objective: str = "gaussian"
-    objective_params: dict[str, Any] = field(default_factory=lambda: {"sigma": 0.25})
-    epochs: int = 90
-    batch_size: int = 256  # per process: under torchrun with K processes a step sees K × batch_size
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_step_size: int = 30
-    lr_gamma: float = 0.1
-    optimizer: str = "sgd"  # "adam": Adam with adam_beta1/2, adam_eps and weight_decay (ℓ∞ nets);
-    # "absgd": SGD on ABSGD's attention-weighted loss (absgd_* below; long-tailed or noisy labels)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    scalar_lr: float | None = None  # lr of a net's logit_scale (the v2 objective's s), else lr
-    lr_schedule: str = "step"  # "cosine": per minibatch to 0 at the end, after cosine_start epochs
-    cosine_start: int = 0  # epochs at the initial lr before the cosine starts (v1's e1; v2: 0)
-    augment: str = "dataset"  # its standard one; "none"; the ℓ∞-dist v1 "crop-zero" or v2 "crop-edge"
-    label_noise: str = "none"  # "symmetric:0.4", "asymmetric:0.4": corrupt the training labels
-    imbalance: float = 1.0  # ρ = n_max / n_min of a long-tailed view of the training split (1: off)
-    imbalance_profile: str = "exp"  # "exp" (LDAM-DRW's CIFAR-LT) or "step" (half the classes rare)
-    imbalance_seed: int = 0  # which images the view keeps (the reference's fixed seed 0)
-    balanced_val: int = 0  # hold out N images per class before the imbalance (CDB's 25)
-    sampler: str = "none"  # "class-balanced" (LDAM's Resample) or "cdb" (CDB-S), with replacement
-    sampler_tau: str = "dynamic"  # CDB-S exponent τ: a number, "dynamic" or "dynamic-imagenet"
-    sampler_floor: float = 0.0  # CDB-S floor on the difficulty (0: the paper's rule)
-    absgd_lambda: float = 1.0  # ABSGD λ of the second stage (< 0: down-weight hard examples)
-    absgd_init_lambda: float = 10.0  # λ of the first stage (≥ 200: plain SGD)
-    absgd_lambda_epoch: int = 160  # epoch at which λ switches
-    absgd_gamma: float = 0.1  # moving-average rate γ of the normalizer u
-    absgd_alpha: float = 0.5  # α, scales u (and so the effective learning rate)
-    val_count: int = 0  # hold out the last N training images (CALS, susceptibility)
-    susceptibility: int = 0  # measure ζ each epoch on this many held-out images with random labels
-    train_count: int | None = None  # train on the first N training images only (short budgets)
-    eval_count: int | None = None  # evaluate on the first N test images (None: all)
-    seed: int = 0
-    workers: int = 0
-    device: str = "cpu"
-    data_dir: str | None = None
-    amp: str = "off"  # "bf16": autocast the training forward and loss to bfloat16 (no loss scaling needed)
-    channels_last: bool = False  # model and inputs in NHWC memory format (faster convolutions on GPUs)
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "lr_step_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        for name in ("train_count", "eval_count"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        for name, allowed in (("amp", AMP_MODES), ("optimizer", OPTIMIZERS),
-                              ("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS),
-                              ("sampler", SAMPLERS)):
-            if getattr(self, name) not in allowed:
-                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                f"got {getattr(self, name)!r}")
-        if self.val_count < 0 or self.susceptibility < 0:
-            raise UserError("--val-count and --susceptibility must be ≥ 0")
-        if self.sampler == "cdb" and not self.balanced_val and not self.val_count:
-            raise UserError("--sampler cdb samples by validation difficulty: pass --balanced-val N")
-        if not 0 <= self.sampler_floor <= 1:
-            raise UserError(f"--sampler-floor must be in [0, 1], got {self.sampler_floor}")
-        if not 0 <= self.cosine_start < self.epochs:
-            raise UserError(f"--cosine-start must be in [0, epochs), got {self.cosine_start}")
-
+__all__ = ["AMP_MODES", "TrainConfig", "train", "evaluate"]
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command: str = "",
           progress: bool = True, log: Callable[[str], Any] = print,
@@ -138,9 +58,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command
     log_path = Path(log_path) if log_path is not None else None
     if log_path is not None and log_path.resolve() == out.resolve():
         raise UserError(f"the JSON-lines log and the checkpoint are both {out}: choose another --log")
-    if config.objective_params.get("loss") == "ldam" and "cosine_head" not in config.arch_kwargs:
-        config.arch_kwargs = {**config.arch_kwargs, "cosine_head": True}  # LDAM's head (§1), recorded
     objective = make_objective(config.objective, **config.objective_params)
+    overrides = {k: v for k, v in objective.arch_overrides().items() if k not in config.arch_kwargs}
+    if overrides:  # what the objective needs (LDAM's cosine head), recorded with the architecture
+        config.model.arch_kwargs = {**config.arch_kwargs, **overrides}
     dist_info, device = distributed.init_from_env(config.device)
     try:
         return _train(config, out, objective, dist_info, device, resume=resume, command=command,
@@ -154,47 +75,36 @@ def _silent(_line: str) -> None:
     pass
 
 
-def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, device: torch.device, *,
-           resume: bool, command: str, progress: bool, log: Callable[[str], Any],
-           log_path: Path | None) -> Checkpoint:
-    from certify.data import dataset_info, load_dataset
-    from certify.nets import build_model, model_normalization
+def _train(config: TrainConfig, out: Path, objective: Objective, dist_info: DistInfo,
+           device: torch.device, *, resume: bool, command: str, progress: bool,
+           log: Callable[[str], Any], log_path: Path | None) -> Checkpoint:
+    from certify.data import dataset_info
+    from certify.methods import epoch_check
+    from certify.nets import model_normalization
 
     info = dataset_info(config.dataset)
     mean, std = model_normalization(config.arch, info)
     # seed + rank: every rank draws its own noise and augmentation; rank 0 (and a single process)
     # draws exactly what an undistributed run would. DDP then copies rank 0's initial weights.
     torch.manual_seed(config.seed + dist_info.rank)
-    model = build_model(config.arch, num_classes=info.num_classes, input_shape=info.input_shape,
-                        mean=mean, std=std, **config.arch_kwargs).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir,
-                             augment=config.augment == "dataset")
-    if config.augment.startswith("crop-"):
-        train_set.transform = crop_augmentation(info, edge=config.augment == "crop-edge")
-    test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
-    data = prepare_training_data(train_set, info.name, info.num_classes, config.label_noise,
-                                 config.val_count, config.train_count, config.seed,
-                                 imbalance=config.imbalance, imbalance_profile=config.imbalance_profile,
-                                 balanced_val=config.balanced_val, imbalance_seed=config.imbalance_seed)
-    _bind_objective(objective, config, data)
+    model = build_training_model(config.model, info, device)
+    data, test_set = load_training_data(config.data, info, config.seed)
+    run = TrainingRun(config=config, model=model, data=data, test_set=test_set, objective=objective,
+                      device=device, num_classes=info.num_classes, distributed=dist_info.enabled)
+    components: list[TrainingComponent] = [c(getattr(config, c.name)) for c in COMPONENTS]
+    objective.setup(run)
+    for component in components:
+        component.setup(run)
     train_set = data.train
-    test_set = _first(test_set, config.eval_count)
-    probe = Susceptibility(data.validation if data.validation is not None else test_set,
-                           config.susceptibility, info.num_classes, config.seed, device)
-    if dist_info.enabled and (config.sampler != "none" or config.optimizer == "absgd"):
-        raise UserError("--sampler and --optimizer absgd are not supported under torchrun yet (each "
-                        "process would keep its own draws or normalizer)")
     sampler = distributed.train_sampler(train_set, dist_info, config.seed) if dist_info.enabled else None
-    weighting = ExampleSampling(config, data, info.num_classes)
     steps_per_epoch = len(_loader(train_set, config, 0, sampler))
-    optimizer = _make_optimizer(model, config)
-    scheduler = _make_scheduler(optimizer, config, steps_per_epoch)
-    start_epoch, history = 0, []
+    optimizer = make_optimizer(model, config.optim)
+    scheduler = make_scheduler(optimizer, config.schedule, steps_per_epoch)
+    run.optimizer = optimizer
+    start_epoch = 0
     if resume and out.exists():
-        start_epoch, history = _restore(out, config, model, optimizer, scheduler, objective, dist_info,
-                                        device, log, weighting)
+        start_epoch, run.history = _restore(out, config, model, optimizer, scheduler, objective,
+                                            components, dist_info, device, log)
         log(f"resuming {out} after epoch {start_epoch}")
     if log_path is not None and start_epoch < config.epochs:
         _prepare_log(log_path, out, start_epoch, write=dist_info.is_main)
@@ -209,47 +119,52 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        zeta = probe.measure(plain, optimizer, epoch, history)
-        if hasattr(objective, "start_epoch"):  # DRW's weights, ABSGD's λ stage, UniMix's stop
-            objective.start_epoch(epoch)
-        loader = _loader(train_set, config, epoch, sampler, weighting.weights())
+        before: dict[str, Any] = {}
+        for part in (*components, objective):
+            before |= part.start_epoch(run, epoch)
+        weights = None
+        for component in components:
+            weights = component.example_weights() if weights is None else weights
+        loader = _loader(train_set, config, epoch, sampler, weights)
         sums, scheduled = _train_epoch(model, objective, loader, optimizer,
-                            scheduler, epoch, device, config, f"epoch {epoch + 1}/{config.epochs}",
-                            progress)
-        if config.lr_schedule == "step":
+                                       scheduler, epoch, device, config, f"epoch {epoch + 1}/{config.epochs}",
+                                       progress)
+        if not per_step(config.schedule):
             scheduler.step()
         seconds = time.perf_counter() - t0
         sums = distributed.sum_across_ranks(sums)
         distributed.broadcast_buffers(model)  # every replica now equals what rank 0 checkpoints
-        if hasattr(objective, "after_epoch"):  # CALS's multipliers, CDB's difficulty (validation)
-            objective.after_epoch(plain, data.validation, epoch, device)
-        weighting.after_epoch(plain, data.validation, device)  # CDB-S's difficulty
+        for part in (objective, *components):
+            part.end_epoch(run, epoch)
         metrics = None
         if dist_info.is_main:
             t1 = time.perf_counter()
-            test = evaluate(plain, test_set, objective.certification(), device, config.seed)
+            test = evaluate(plain, test_set, epoch_check(plain, objective.certification(), device,
+                                                         config.seed), device)
             test |= memorization(plain, data, device)
-            metrics = {"epoch": epoch + 1, "lr": lr, **scheduled, **zeta, **_averages(sums),
-                       **weighting.metrics(), **_objective_metrics(objective),
-                       "seconds": round(seconds, 2),
+            parts: dict[str, Any] = {}
+            for part in (*components, objective):
+                parts |= part.metrics()
+            metrics = {"epoch": epoch + 1, "lr": lr, **scheduled, **before, **_averages(sums),
+                       **parts, "seconds": round(seconds, 2),
                        "images_per_s": round(sums["images"] / seconds, 1), **test,
                        "eval_seconds": round(time.perf_counter() - t1, 2)}
         # after evaluation, whose DataLoader draws from the global RNG: a resumed run must match
         rng = distributed.all_gather(_rng_state(device))
         metrics = distributed.broadcast_object(metrics)
-        history.append(metrics)
+        run.history.append(metrics)
         ckpt = Checkpoint(
             arch=config.arch, arch_kwargs=dict(config.arch_kwargs), dataset=info.name,
             input_shape=info.input_shape, num_classes=info.num_classes, mean=mean,
             std=std, certification=objective.certification(),
             state_dict={k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()},
-            training={"config": dataclasses.asdict(config), "history": history,
+            training={"config": config.record(), "history": run.history,
                       "world_size": dist_info.world_size, "label_noise": data.noise,
                       "class_counts": data.class_counts, "long_tail": data.long_tail},
             command=command, metrics=metrics, epoch=epoch + 1,
             resume_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "objective": _objective_state(objective),
-                          "sampling": weighting.state_dict(),
+                          "objective": objective.state_dict(),
+                          **{c.name: c.state_dict() for c in components},
                           "torch_rng": rng[0]["cpu"], "rng_ranks": rng})
         if dist_info.is_main:
             log(_epoch_line(metrics, config.epochs))
@@ -261,68 +176,6 @@ def _train(config: TrainConfig, out: Path, objective: Any, dist_info: DistInfo, 
         ckpt = load_checkpoint(out)
         log(f"{out} already trained for {ckpt.epoch} epochs; raise --epochs to train longer")
     return ckpt
-
-
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (the smoothing references) or Adam (the ℓ∞-dist references); a net's ``logit_scale``
-    gets its own group at ``scalar_lr`` when one is set."""
-    scalar = [p for name, p in model.named_parameters() if name.endswith("logit_scale")]
-    rest = [p for name, p in model.named_parameters() if not name.endswith("logit_scale")]
-    groups: list[dict[str, Any]] = [{"params": rest}]
-    if scalar:
-        groups.append({"params": scalar, "lr": config.scalar_lr or config.lr})
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                eps=config.adam_eps, weight_decay=config.weight_decay)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """StepLR, stepped per epoch; or the ℓ∞ references' cosine, stepped per minibatch."""
-    if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: cosine_factor(
-            it, config.epochs, steps_per_epoch, config.cosine_start))
-    return torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_size, config.lr_gamma)
-
-
-def _bind_objective(objective: Any, config: TrainConfig, data: TrainingData) -> None:
-    """Give the objective what only the data knows (class counts), attach ABSGD, and refuse
-    what cannot work before the first epoch rather than after it."""
-    label_loss = getattr(objective, "label_loss", None)
-    if label_loss is None:
-        if config.optimizer == "absgd":
-            raise UserError(f"--optimizer absgd re-weights per-example losses: use --objective "
-                            f"classify, gaussian or smoothmix, not {config.objective}")
-        return
-    objective.set_class_counts(data.class_counts)
-    if label_loss.needs_validation() and data.validation is None:
-        flag = ("--val-count N" if label_loss.loss == "cals" and config.imbalance == 1
-                and not config.balanced_val else "--balanced-val N (per class)")
-        raise UserError(f"--loss {label_loss.loss} / --reweight {label_loss.reweighting.rule} needs "
-                        f"a validation split: pass {flag}")
-    if config.optimizer == "absgd":
-        try:
-            absgd = ABSGDWeighting(config.absgd_lambda, config.absgd_init_lambda,
-                                   config.absgd_lambda_epoch, config.absgd_gamma, config.absgd_alpha)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-        objective.set_example_weighting(absgd)
-
-
-def _objective_metrics(objective: Any) -> dict[str, Any]:
-    label_loss = getattr(objective, "label_loss", None)
-    return label_loss.epoch_metrics() if label_loss is not None else {}
-
-
-def _objective_state(objective: Any) -> dict[str, Any]:
-    state = getattr(objective, "state_dict", None)
-    return state() if state is not None else {}
-
-
-def _first(dataset: Any, count: int | None) -> Any:
-    return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
 
 
 def _loader(train_set: Any, config: TrainConfig, epoch: int, sampler: DistributedSampler | None,
@@ -342,7 +195,7 @@ def _loader(train_set: Any, config: TrainConfig, epoch: int, sampler: Distribute
                       drop_last=False, generator=generator)
 
 
-def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer: torch.optim.Optimizer,
+def _train_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
                  scheduler: Any, epoch: int, device: torch.device, config: TrainConfig, desc: str,
                  progress: bool) -> tuple[dict[str, float], dict[str, float]]:
     """One pass over ``loader``: sums (not means, so that ranks can be added up) and the values the
@@ -353,12 +206,12 @@ def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer
     sums: dict[str, float] = {"loss": 0.0, "images": 0, "correct": 0}
     steps = objective.steps_per_batch
     channels_last = config.channels_last
-    schedule = getattr(objective, "schedule", None)
+    stepwise = per_step(config.schedule)
     plain = getattr(model, "module", model)
     with tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress,
               dynamic_ncols=True) as bar:
         for batch_index, (x, y) in enumerate(bar):
-            scheduled = schedule(plain, epoch * len(loader) + batch_index, len(loader)) if schedule else {}
+            scheduled = objective.schedule(plain, epoch * len(loader) + batch_index, len(loader))
             x = x.to(device, non_blocking=True, memory_format=torch.channels_last
                      if channels_last and x.dim() == 4 else torch.preserve_format)
             y = y.to(device, non_blocking=True)
@@ -369,7 +222,7 @@ def _train_epoch(model: nn.Module, objective: Any, loader: DataLoader, optimizer
                 loss.backward()
                 optimizer.step()
                 _accumulate(sums, loss.item(), stats, len(yc))
-            if config.lr_schedule == "cosine":
+            if stepwise:
                 scheduler.step()
             bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", refresh=False,
                             **{k: f"{v:.4g}" for k, v in scheduled.items()})
@@ -410,16 +263,12 @@ def _averages(sums: dict[str, float]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Any, certification: dict[str, Any], device: torch.device,
-             seed: int = 0, batch_size: int = 1000) -> dict[str, float]:
-    """Clean test accuracy and balanced accuracy; for smoothing models also the accuracy under one noise draw per image,
-    for ℓ∞-dist nets at p = ∞ the Lipschitz-certified accuracy at the recorded ε."""
+def evaluate(model: nn.Module, dataset: Any, check: Any, device: torch.device,
+             batch_size: int = 1000) -> dict[str, float]:
+    """Clean test accuracy and balanced accuracy, plus the certificate's per-epoch metric
+    (``check``: a :class:`certify.methods.base.EpochCheck`, or None)."""
     model.eval()
-    kind = certification.get("kind")
-    sigma = certification.get("sigma") if kind == "smoothing" else None
-    linf_eps = certification.get("eps") if kind == "linf_dist" and _linf_at_inf(model) else None
-    generator = torch.Generator(device=device).manual_seed(seed)
-    clean = noisy = certified = total = 0
+    clean = total = 0
     class_hits = class_total = 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
         x, y = x.to(device), y.to(device)
@@ -428,31 +277,13 @@ def evaluate(model: nn.Module, dataset: Any, certification: dict[str, Any], devi
         clean += hits.sum().item()
         class_hits = class_hits + torch.bincount(y[hits], minlength=logits.shape[1]).cpu()
         class_total = class_total + torch.bincount(y, minlength=logits.shape[1]).cpu()
-        if sigma:
-            noise = torch.randn(x.shape, generator=generator, device=device) * sigma
-            noisy += (model(x + noise).argmax(1) == y).sum().item()
-        if linf_eps:
-            from certify.linf_dist.certifier import lipschitz_radii
-
-            certified += (hits & (lipschitz_radii(model, logits) >= linf_eps)).sum().item()
+        if check is not None:
+            check.update(x, y, logits)
         total += len(y)
     metrics = {"test_acc": round(clean / total, 5),
                # balanced: the mean recall over the classes present
                "test_balanced_acc": round((class_hits / class_total)[class_total > 0].mean().item(), 5)}
-    if sigma:
-        metrics["test_noisy_acc"] = round(noisy / total, 5)
-    if linf_eps:
-        metrics["test_cert_acc"] = round(certified / total, 5)
-    return metrics
-
-
-def _linf_at_inf(model: nn.Module) -> bool:
-    """True for an ℓ∞-dist pure net at p = ∞, whose Lipschitz certificate is then valid."""
-    from certify.linf_dist.layers import get_p
-
-    p = get_p(model)
-    net = getattr(model, "module", model)[-1]
-    return p is not None and math.isinf(p) and hasattr(net, "logit_bounds")
+    return metrics | (check.result() if check is not None else {})
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
@@ -513,12 +344,13 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: Any, objective: Any, dist_info: DistInfo, device: torch.device,
-             log: Callable[[str], Any], weighting: ExampleSampling) -> tuple[int, list[dict[str, Any]]]:
+             scheduler: Any, objective: Objective, components: list[TrainingComponent],
+             dist_info: DistInfo, device: torch.device,
+             log: Callable[[str], Any]) -> tuple[int, list[dict[str, Any]]]:
     ckpt = load_checkpoint(out)
     stored = ckpt.training.get("config", {})
-    wanted = dataclasses.asdict(config)
-    defaults = dataclasses.asdict(TrainConfig())  # fields added after OUT was written had these values
+    wanted = config.record()
+    defaults = TrainConfig().record()  # options added after OUT was written had these values
     before = {k: stored.get(k, defaults[k]) for k in wanted}
     changed = [k for k in wanted if k not in RESUMABLE_CHANGES and before[k] != wanted[k]]
     if changed:
@@ -533,9 +365,9 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    if hasattr(objective, "load_state_dict"):
-        objective.load_state_dict(state.get("objective", {}))
-    weighting.load_state_dict(state.get("sampling", {}))
+    objective.load_state_dict(state.get("objective", {}))
+    for component in components:
+        component.load_state_dict(state.get(component.name, {}))
     ranks = state.get("rng_ranks") or [{"cpu": state["torch_rng"]}]
     if len(ranks) != dist_info.world_size:
         log(f"note: {out} was written by {len(ranks)} process(es) and this run has "

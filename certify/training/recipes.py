@@ -1,18 +1,18 @@
 """Recipes: published training settings kept as data (``certify/recipes/*.toml``), not code.
 
 A recipe has a description, its source (paper, spec section), a ``[config]`` table of
-:class:`~certify.training.TrainConfig` fields and an ``[objective]`` table of objective arguments.
+:class:`~certify.training.TrainConfig` options and an ``[objective]`` table of objective options.
 ``certify train --recipe NAME`` fills in every option the user did not type.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from certify.errors import UserError
-from certify.training.loop import TrainConfig
+from certify.training.config import TrainConfig
 
 try:  # Python 3.11+
     import tomllib
@@ -59,7 +59,7 @@ def load_recipe(name: str) -> Recipe:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"recipe {name}: not valid TOML ({err})") from None
-    config_fields = {f.name for f in fields(TrainConfig)}
+    config_fields = set(TrainConfig.option_names())
     unknown = [f"config.{key}" for key in raw.get("config", {}) if key not in config_fields]
     unknown += [key for key in raw if key not in ("description", "source", "config", "objective")]
     if unknown:

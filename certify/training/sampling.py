@@ -13,11 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from certify.losses.long_tail import cdb_tau, class_balanced_weights, parse_cdb_tau
+from certify.losses.long_tail import TAU_RULES, cdb_tau, class_balanced_weights
 from certify.objectives.reweighting import class_difficulty
-from certify.training.views import TrainingData, training_targets
+from certify.params import Param, ParamError
+from certify.training.component import TrainingComponent, TrainingRun
+from certify.training.views import training_targets
 
 __all__ = ["ExampleSampling", "class_balanced_example_weights", "cdb_example_weights"]
 
@@ -41,31 +43,57 @@ def cdb_example_weights(targets: Tensor, counts: Tensor, difficulty: Tensor,
     return per_class[targets]
 
 
-class ExampleSampling:
-    """The trainer's sampling rule; ``weights()`` is None for a plain shuffled epoch."""
+SAMPLER_OPTIONS: tuple[Param, ...] = (
+    Param("sampler", "none", "Draw each epoch's images with replacement: class-balanced (LDAM's "
+          "Resample) or cdb (CDB-S, classes ∝ validation difficulty^τ; needs --balanced-val).",
+          kind=str, choices=("none", "class-balanced", "cdb")),
+    Param("sampler_tau", "dynamic", "CDB-S: exponent τ (a number, dynamic or dynamic-imagenet).",
+          kind="float|str", choices=TAU_RULES, metavar="TAU|dynamic", reference="Sinha et al. 2022"),
+    Param("sampler_floor", 0.0, "CDB-S: floor on the difficulty, so a class perfect on validation "
+          "is still drawn (0: the paper's rule).", at_least=0, at_most=1),
+)
 
-    def __init__(self, config: Any, data: TrainingData, num_classes: int):
-        self.rule = config.sampler
-        self.tau: str | float = parse_cdb_tau(config.sampler_tau, "--sampler-tau")
-        self.floor = float(config.sampler_floor)
-        self.num_classes = num_classes
-        self.targets = training_targets(data) if self.rule != "none" else None
-        self.counts = torch.as_tensor(data.class_counts)
-        self.difficulty = torch.ones(num_classes)
 
-    def weights(self) -> Tensor | None:
+class ExampleSampling(TrainingComponent):
+    """The sampling rule; ``example_weights()`` is None for a plain shuffled epoch."""
+
+    name = "sampling"
+    title = "Sampling (long-tailed data)"
+    options = SAMPLER_OPTIONS
+
+    def __init__(self, settings: Any):
+        self.rule = settings.sampler
+        self.tau: str | float = settings.sampler_tau
+        self.floor = float(settings.sampler_floor)
+        self.targets: Tensor | None = None
+        self.counts = torch.zeros(0)
+        self.difficulty = torch.zeros(0)
+
+    def setup(self, run: TrainingRun) -> None:
+        if self.rule != "none" and run.distributed:
+            raise ParamError("sampler", "is not supported under torchrun yet (each process would "
+                                        "keep its own draws)")
+        if self.rule == "cdb" and run.data.validation is None:
+            raise ParamError("balanced_val", "sampler cdb samples by validation difficulty: set "
+                                             "balanced_val to N")
+        self.targets = training_targets(run.data) if self.rule != "none" else None
+        self.counts = torch.as_tensor(run.data.class_counts)
+        self.difficulty = torch.ones(run.num_classes)
+
+    def example_weights(self) -> Tensor | None:
         if self.rule == "class-balanced":
             return class_balanced_example_weights(self.targets, self.counts)
         if self.rule == "cdb":
             return cdb_example_weights(self.targets, self.counts, self.difficulty, self.tau, self.floor)
         return None
 
-    def after_epoch(self, model: nn.Module, validation: Any, device: torch.device) -> None:
+    def end_epoch(self, run: TrainingRun, epoch: int) -> None:
         if self.rule == "cdb":
-            self.difficulty = class_difficulty(model, validation, self.num_classes, device)
+            self.difficulty = class_difficulty(run.model, run.data.validation, run.num_classes,
+                                               run.device)
 
     def metrics(self) -> dict[str, Any]:
-        """What the epoch's log records: CDB-S's difficulty, which steers the next epoch's draws."""
+        """CDB-S's difficulty, which steers the next epoch's draws."""
         if self.rule != "cdb":
             return {}
         return {"sampler_difficulty": [round(d, 4) for d in self.difficulty.tolist()]}
@@ -76,4 +104,3 @@ class ExampleSampling:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "difficulty" in state:
             self.difficulty = torch.tensor(state["difficulty"])
-

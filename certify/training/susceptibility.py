@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from certify.params import Param
+from certify.training.component import TrainingComponent, TrainingRun
+
 __all__ = ["random_label_step", "select_region1", "susceptibility", "susceptibility_regions"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -177,3 +180,31 @@ class Susceptibility:
         if len(drops) > 1:
             record["zeta"] = round(susceptibility(drops), 6)
         return record
+
+
+SUSCEPTIBILITY_OPTIONS: tuple[Param, ...] = (
+    Param("susceptibility", 0, "Log the susceptibility ζ each epoch, on N held-out images with "
+          "random labels (the paper: 128; 0: off).", kind=int, at_least=0),
+)
+
+
+class SusceptibilityProbe(TrainingComponent):
+    """Measures r_t (and ζ) before each epoch trains, on the validation split or else the test
+    images; the probe's optimizer step is undone, so training is unchanged."""
+
+    name = "probe"
+    title = "Susceptibility (noisy labels)"
+    options = SUSCEPTIBILITY_OPTIONS
+
+    def __init__(self, settings: Any):
+        self.count = settings.susceptibility
+        self.probe: Susceptibility | None = None
+
+    def setup(self, run: TrainingRun) -> None:
+        images = run.data.validation if run.data.validation is not None else run.test_set
+        self.probe = Susceptibility(images, self.count, run.num_classes, run.config.run.seed,
+                                    run.device)
+
+    def start_epoch(self, run: TrainingRun, epoch: int) -> dict[str, Any]:
+        assert self.probe is not None
+        return self.probe.measure(run.model, run.optimizer, epoch, run.history)

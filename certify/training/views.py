@@ -18,11 +18,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from certify.data.long_tail import long_tail_split
-from certify.data.noisy_labels import asymmetric_noise, noise_rate, symmetric_noise
+from certify.data.noisy_labels import asymmetric_noise, dataset_pairs, noise_rate, symmetric_noise
 from certify.errors import UserError
 
 NOISE_KINDS = ("symmetric", "asymmetric")
-ASYMMETRIC_MAPS = {"cifar10": "cifar10", "mnist": "mnist", "fashion-mnist": "fashion-mnist"}
 
 
 @dataclass
@@ -82,10 +81,11 @@ def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_
         if kind == "symmetric":
             noisy, flipped_all, transition = symmetric_noise(clean, rate, num_classes, generator)
         else:
-            if dataset not in ASYMMETRIC_MAPS:
+            pairs = dataset_pairs(dataset)
+            if pairs is None:
                 raise UserError(f"no asymmetric noise map for {dataset}")
-            noisy, flipped_all, transition = asymmetric_noise(clean, rate, ASYMMETRIC_MAPS[dataset],
-                                                              num_classes, generator)
+            noisy, flipped_all, transition = asymmetric_noise(clean, rate, pairs, num_classes,
+                                                              generator)
         train_set.targets = noisy
         record = {"kind": kind, "rate": rate, "realized_rate": round(noise_rate(clean, noisy), 6),
                   "transition": transition.tolist(), "flipped": flipped_all.tolist()}
