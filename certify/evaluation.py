@@ -2,12 +2,13 @@
 
 One pass over a split gives the softmax probabilities, from which: accuracy, balanced accuracy,
 per-class accuracy, ECE and classwise ECE (15 equal-width bins), and set-valued prediction: top-k
-against average-k with the same average size (spec imbalance_noise.md §3, §13). Average-k needs
+against average-k with the same average size (docs/long_tail_noisy.md#average-k-sets). Average-k needs
 held-out data for its threshold: the split's even-indexed images calibrate it and every metric
 of the sets is measured on the odd-indexed ones. Smoothing models are evaluated as their base
 classifier on clean inputs; ℓ∞-dist nets at p = ∞.
 
-Long-tailed training (spec §13): when the checkpoint records its training images per class, the
+Long-tailed training (docs/long_tail_noisy.md#shot-groups): when the checkpoint records its
+training images per class, the
 classes are split into many-, medium- and few-shot groups by that *training* count, OLTR's
 convention (> 100 / 20–100 / < 20 images on CIFAR-100-LT, n_max = 500), not Prior-LT's class-index
 thirds. By default the thresholds scale with the dataset: many = n_max/5, few = n_max/25. A
@@ -83,7 +84,8 @@ def _check_counts(class_counts: Sequence[int]) -> list[int]:
 
 def shot_groups(class_counts: Sequence[int], many: float | None = None,
                 few: float | None = None) -> dict[str, Any]:
-    """Many-, medium- and few-shot classes by *training* image count (spec §13, OLTR).
+    """Many-, medium- and few-shot classes by *training* image count (OLTR;
+    docs/long_tail_noisy.md#shot-groups).
 
     many-shot: count > ``many``; medium: ``few`` ≤ count ≤ ``many``; few-shot: count < ``few``.
     A threshold left out scales OLTR's (100, 20) at CIFAR-100-LT's n_max = 500 to this dataset:

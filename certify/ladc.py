@@ -2,7 +2,7 @@
 
 A network trained on long-tailed data has a backbone that is usable for every class but a last
 layer biased towards the head classes, because the tail classes had too few examples to place
-their decision regions. LADC (Wang et al., arXiv 2111.04901; spec imbalance_noise.md §11) keeps the
+their decision regions. LADC (Wang et al., arXiv 2111.04901; docs/long_tail_noisy.md#ladc) keeps the
 backbone, estimates each tail class's feature distribution with help from the statistics of
 related head classes, samples features from it until every class has as many as the largest, and
 retrains the head alone on real + generated features.
@@ -107,8 +107,8 @@ def tukey(x: Tensor, lam: float) -> Tensor:
 
 
 def head_classes(class_counts: Sequence[int]) -> list[int]:
-    """The many-shot classes: more than n_max/5 training images (OLTR's "> 100" of ImageNet-LT's
-    500-image maximum, scaled to the dataset, spec §13)."""
+    """The many-shot classes: more than n_max/5 training images (OLTR's "> 100" at CIFAR-100-LT's
+    500-image maximum, scaled to the dataset, docs/long_tail_noisy.md#shot-groups)."""
     n_max = max(class_counts)
     return [c for c, n in enumerate(class_counts) if 5 * n > n_max]
 

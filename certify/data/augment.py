@@ -43,7 +43,8 @@ class RandomCropFlip:
 
 
 def crop_augmentation(info: Any, edge: bool) -> RandomCropFlip:
-    """The ℓ∞-dist references' random crops (spec linf_dist.md §1.5, §2.3). v1 (``edge=False``):
+    """The ℓ∞-dist references' random crops (docs/linf_dist.md#optimizer-and-augmentation).
+    v1 (``edge=False``):
     zero padding by 1 for 28×28 images, by 4 with a flip for 32×32 colour images. v2 (``edge=True``):
     edge padding by 1 for 28×28, by 3 with a flip for colour images."""
     if info.input_shape[0] == 3:

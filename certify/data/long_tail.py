@@ -1,4 +1,4 @@
-"""Long-tailed views of a balanced training split (spec imbalance_noise.md §0, §8).
+"""Long-tailed views of a balanced training split (docs/long_tail_noisy.md#long-tailed-views).
 
 The LDAM-DRW generator: class i keeps ``int(n_max · ρ^(−i/(C−1)))`` images ("exp") or, for the
 "step" profile, the first half of the classes keep n_max and the rest ``int(n_max/ρ)``. Class 0 is

@@ -8,7 +8,7 @@ returns ``(noisy_targets, flipped_indices, transition_matrix)``:
 - ``transition_matrix``: float64 (C, C), T[i, j] = P(noisy = j | clean = i) of the generating
   process (rows sum to 1); :func:`empirical_transition_matrix` measures the realized one.
 
-Following the LogitClip reference (``datasets/cifar.py``, the noise configs of spec §4), exactly
+Following the LogitClip reference (``datasets/cifar.py``; docs/long_tail_noisy.md#label-noise), exactly
 ⌊r·n⌋ samples are corrupted, chosen uniformly without replacement, rather than each with
 probability r, so the realized rate is r up to rounding.
 """
@@ -43,7 +43,7 @@ def dataset_pairs(name: str) -> dict[int, int] | None:
 
 # source class -> class it is mislabelled as, per dataset that has a map: a snapshot of the
 # registry's DatasetInfo.asymmetric_pairs (the maps and their sources: certify/data/builtin.py).
-# 2→7, 3→8, 5↔6, 7→1: Patrini et al. 2017 as commonly reused (from memory; not in the spec).
+# 2→7, 3→8, 5↔6, 7→1: Patrini et al. 2017 as commonly reused (from memory; not checked against a source).
 ASYMMETRIC_PAIRS: dict[str, dict[int, int]] = {
     name: pairs for name in available_datasets() if (pairs := dataset_pairs(name)) is not None}
 
@@ -78,8 +78,9 @@ def symmetric_noise(targets: Tensor, rate: float, num_classes: int, generator: t
 
     Default (flip-to-other, as the LogitClip reference): the new class is uniform over the C − 1
     *other* classes, so the realized noise rate is r and T = (1−r)I + r/(C−1)(J − I).
-    ``include_true_class=True`` draws from all C classes (the random labels of spec §5's
-    ``corrupt_prob``): some draws keep the true label, the rate is r(C−1)/C, T = (1−r)I + (r/C)J.
+    ``include_true_class=True`` draws from all C classes (the random labels of the susceptibility
+    reference's ``corrupt_prob``, docs/long_tail_noisy.md#susceptibility): some draws keep the true
+    label, the rate is r(C−1)/C, T = (1−r)I + (r/C)J.
     """
     clean = _check(targets, rate, num_classes)
     n, c = clean.numel(), num_classes

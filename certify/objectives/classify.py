@@ -1,5 +1,5 @@
 """Plain supervised training on clean inputs with a :class:`LabelLoss` (no certificate): the
-baseline and the noisy-label / calibration methods on their own (spec imbalance_noise.md)."""
+baseline and the noisy-label / calibration methods on their own (docs/long_tail_noisy.md)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """The loss on (logits, labels) that the classification objectives train with.
 
 One object per run, so every objective that ends in "logits vs labels" (plain training, Gaussian
-augmentation) gets the same choices (spec imbalance_noise.md):
+augmentation) gets the same choices (docs/long_tail_noisy.md, one section each):
 
-- the base loss: cross-entropy with optional label smoothing, the α-loss (§6), CALS (§9, class-wise
+- the base loss: cross-entropy with optional label smoothing, the α-loss, CALS (class-wise
   multipliers updated after every epoch from a validation pass), or a long-tailed loss on
-  count-adjusted logits: LDAM (§1, with the cosine head and s = 30), VS (§7), Bayias (§10);
-- optionally on LogitClip'ed logits (§4);
+  count-adjusted logits: LDAM (with the cosine head and s = 30), VS, Bayias;
+- optionally on LogitClip'ed logits;
 - per-class weights (``cb``, ``drw``, CDB-W ``cdb``: :mod:`certify.objectives.reweighting`);
-- UniMix batches (§10: :mod:`certify.objectives.unimix`), mixed before the objective adds noise;
-- ABSGD's per-example attention weights (§2: :mod:`certify.losses.absgd`), attached by the trainer
+- UniMix batches (:mod:`certify.objectives.unimix`), mixed before the objective adds noise;
+- ABSGD's per-example attention weights (:mod:`certify.losses.absgd`), attached by the trainer
   when ``--optimizer absgd`` is chosen.
 
 The long-tailed pieces need the training class counts, which the trainer passes in with

@@ -1,6 +1,7 @@
 """Objectives of ℓ∞-distance nets: the v2 clipped hinge + scaled cross-entropy, the v1 hinge, and the
-v1 cross-entropy on interval-bound worst-case logits for the hybrid net (spec linf_dist.md §1.5, §2.2,
-§8c). All three share the per-minibatch p, λ and ε schedules (§8d), applied by :meth:`schedule`.
+v1 cross-entropy on interval-bound worst-case logits for the hybrid net (docs/linf_dist.md#losses).
+All three share the per-minibatch p, λ and ε schedules (docs/linf_dist.md#training-schedule), applied
+by :meth:`schedule`.
 
 Margins are in the network's normalized units: an ε in pixel units is ε/σ there, σ being the model's
 one input std. During training the worst case is taken from the Lipschitz bound (g ∓ ε/σ), which is
@@ -92,7 +93,7 @@ def _shifted_margins(g: Tensor, y: Tensor, theta: float) -> Tensor:
 
 
 def clipped_hinge(g: Tensor, y: Tensor, theta: float) -> Tensor:
-    """v2: mean_b clamp(1 − M/θ, 0, 1) with M = g_y − max_{j≠y} g_j (spec §2.2)."""
+    """v2: mean_b clamp(1 − M/θ, 0, 1) with M = g_y − max_{j≠y} g_j (docs/linf_dist.md#losses)."""
     return (_shifted_margins(g, y, theta) / theta).amax(1).clamp(0.0, 1.0).mean()
 
 

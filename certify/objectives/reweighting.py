@@ -1,6 +1,6 @@
 """Per-class loss weights for long-tailed training, and the schedule that switches them on.
 
-Rules (spec imbalance_noise.md §1, §8):
+Rules (docs/long_tail_noisy.md#class-weights, #ldam-drw, #cdb-w-and-cdb-s):
 
 - ``cb``: class-balanced effective-number weights from the first epoch (LDAM's "Reweight").
 - ``drw``: the same weights deferred to ``drw_epoch`` (0-based; LDAM-DRW: 160 of 200); before it

@@ -3,7 +3,7 @@
 Cross-entropy on noisy copies of x̃, plus a KL term that asks the base classifier, at points on the
 segment from x̃ to an ℓ2 adversary of the soft smoothed classifier, to lower its confidence
 towards uniform in proportion to the distance travelled. Follows the reference code
-(jh-jeong/smoothmix, ``code/train.py``) step by step; see the spec, smoothing.md §2.
+(jh-jeong/smoothmix, ``code/train.py``) step by step; see docs/smoothing.md#smoothmix.
 """
 
 from __future__ import annotations

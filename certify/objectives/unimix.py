@@ -1,5 +1,5 @@
 """UniMix (Xu et al., NeurIPS 2021; ``core.py::unimix`` of XuZhengzhuo/Prior-LT): mixup that
-favours the tail (spec imbalance_noise.md §10).
+favours the tail (docs/long_tail_noisy.md#bayias-and-unimix).
 
 Every example i of the batch gets a partner j drawn from the same batch, with replacement, with
 probability ∝ n_{y_j}^τ (τ = −0.5 favours rare classes). The weight on x_i is

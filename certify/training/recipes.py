@@ -1,6 +1,6 @@
 """Recipes: published training settings kept as data (``certify/recipes/*.toml``), not code.
 
-A recipe has a description, its source (paper, spec section), a ``[config]`` table of
+A recipe has a description, its source (paper, docs section), a ``[config]`` table of
 :class:`~certify.training.TrainConfig` options and an ``[objective]`` table of objective options.
 ``certify train --recipe NAME`` fills in every option the user did not type.
 """

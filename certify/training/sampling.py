@@ -1,5 +1,5 @@
 """Which training images each epoch draws: a plain permutation, or draws with replacement by
-per-example weight (spec imbalance_noise.md §1, §8).
+per-example weight (docs/long_tail_noisy.md#class-weights, #cdb-w-and-cdb-s).
 
 - ``class-balanced``: LDAM-DRW's "Resample" rule, an image's weight the *unnormalized*
   class-balanced weight (1 − β)/(1 − β^n_y) of its class, β = 0.9999.

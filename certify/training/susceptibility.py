@@ -1,4 +1,5 @@
-"""Susceptibility ζ to noisy labels (Forouzesh, Sedghi & Thiran, ICLR 2023; spec ``imbalance_noise.md`` §5).
+"""Susceptibility ζ to noisy labels (Forouzesh, Sedghi & Thiran, ICLR 2023;
+docs/long_tail_noisy.md#susceptibility).
 
 How far one optimizer step on a batch of *unlabeled* inputs with uniformly random labels lowers
 their loss says how readily the network is memorizing; it needs no clean labels, so it can pick
@@ -9,7 +10,7 @@ models and stopping epochs on noisy data. Per epoch t (reference ``compute_updat
 
 The step is then undone: parameters, buffers, gradients, optimizer state (momentum buffers, Adam
 moments and step counts, param-group hyperparameters) and the RNG are restored bit for bit, in
-memory (spec §16.9), so measuring ζ does not change the training trajectory.
+memory (docs/long_tail_noisy.md#susceptibility), so measuring ζ does not change the training trajectory.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def susceptibility_regions(zetas: Sequence[float], train_accs: Sequence[float]) 
     1: ζ ≤ mean and accuracy ≥ mean (fits the data, resists random labels: select these);
     2: ζ > mean, accuracy ≥ mean; 3: ζ ≤ mean, accuracy < mean; 4: ζ > mean, accuracy < mean.
     """
-    # Unverified (spec §5 names only Region 1): numbering of 2-4 and ties at the mean going to
+    # Unverified (the paper names only Region 1): numbering of 2-4 and ties at the mean going to
     # Region 1's side are our choices.
     if len(zetas) != len(train_accs) or not zetas:
         raise ValueError("need one train accuracy per ζ, and at least one model")

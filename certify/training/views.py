@@ -1,6 +1,6 @@
 """What the trainer trains on: the training split, optionally long-tailed, with optional label
 noise, a held-out validation split (the last N images, or N per class), and the first
-``train_count`` images (spec imbalance_noise.md §0, §4, §5, §8).
+``train_count`` images (docs/long_tail_noisy.md: long-tailed views, label noise, susceptibility, CDB).
 
 Label noise rewrites the training targets once, from a generator seeded by the run's seed; the
 clean labels are kept only to measure how much of the noise the model memorizes.
