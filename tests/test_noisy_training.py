@@ -41,7 +41,7 @@ def test_label_noise_is_recorded_and_only_touches_training_labels(fake_fmnist, t
 
 def test_bad_label_noise():
     for text in ("symmetric", "symmetric:1.5", "gaussian:0.2", "symmetric:x"):
-        with pytest.raises(UserError, match="--label-noise"):
+        with pytest.raises(UserError, match="^label_noise: "):
             parse_label_noise(text)
     assert parse_label_noise("none") is None and parse_label_noise("asymmetric:0.3") == ("asymmetric", 0.3)
 

@@ -252,3 +252,34 @@ def test_train_help_groups_every_generated_option_under_its_component(capsys):
     objective_part = text.split("\nObjective:\n")[1]
     for param, _ in all_options().values():
         assert param.cli_flag in objective_part, param.cli_flag
+
+
+def test_the_loop_names_no_method():
+    """Everything method-specific reaches the loop through hooks: its source names no objective,
+    certification method, component or long-tailed/noisy-label technique."""
+    import re
+    from pathlib import Path
+
+    from certify.methods import METHODS
+    from certify.objectives import OBJECTIVES
+    from certify.training.config import COMPONENTS
+
+    source = Path(loop.__file__).read_text(encoding="utf-8").lower()
+    names = {*OBJECTIVES, *METHODS, *(c.__name__ for c in COMPONENTS), *(c.name for c in COMPONENTS),
+             "ldam", "cals", "cdb", "absgd", "smoothmix", "unimix", "sigma", "linf", "lipschitz",
+             "susceptibility", "label_loss", "cosine", "hinge", "bayias", "logitclip"}
+    found = sorted(n for n in names if re.search(rf"\b{re.escape(n.lower())}\b", source))
+    assert found == []
+
+
+def test_shared_objective_options_are_declared_once():
+    """An option several objectives take is one Param object, so its flag, default and checks
+    cannot drift apart; and every option's default passes its own check."""
+    from certify.objectives import OBJECTIVES
+
+    seen = {}
+    for objective in OBJECTIVES.values():
+        for option in objective.options:
+            assert seen.setdefault(option.name, option) is option, (objective.name, option.name)
+            assert option.check(option.default) == option.default or option.default is None
+    assert {"sigma", "loss", "eps_train", "num_steps"} <= set(seen)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from certify.errors import UserError
+from certify.params import ParamError
 
 PROFILES = ("exp", "step")
 
@@ -22,9 +22,9 @@ PROFILES = ("exp", "step")
 def long_tail_counts(n_max: int, num_classes: int, rho: float, profile: str = "exp") -> list[int]:
     """Images kept per class, head first; ρ = n_max / n_min (ρ = 1: balanced)."""
     if not rho >= 1:
-        raise UserError(f"--imbalance must be ≥ 1 (ρ = n_max / n_min), got {rho}")
+        raise ParamError("imbalance", f"must be ≥ 1 (ρ = n_max / n_min), got {rho}")
     if profile not in PROFILES:
-        raise UserError(f"--imbalance-profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+        raise ParamError("imbalance_profile", f"must be one of {', '.join(PROFILES)}, got {profile!r}")
     if profile == "step":
         half = num_classes // 2
         return [n_max] * half + [int(n_max / rho)] * (num_classes - half)
@@ -43,14 +43,14 @@ def long_tail_split(targets: Tensor, num_classes: int, rho: float, profile: str 
     labels = np.asarray(targets.cpu(), dtype=np.int64)
     sizes = np.bincount(labels, minlength=num_classes)
     if held_out < 0:
-        raise UserError(f"--balanced-val must be ≥ 0, got {held_out}")
+        raise ParamError("balanced_val", f"must be ≥ 0, got {held_out}")
     n_max = int(sizes.min()) - held_out
     if n_max < 1:
-        raise UserError(f"--balanced-val {held_out} leaves no training images in the smallest class "
-                        f"({int(sizes.min())} images)")
+        raise ParamError("balanced_val", f"{held_out} leaves no training images in the smallest "
+                                         f"class ({int(sizes.min())} images)")
     counts = long_tail_counts(n_max, num_classes, rho, profile)
     if min(counts) < 1:
-        raise UserError(f"--imbalance {rho} leaves a class with no training image (n_max = {n_max})")
+        raise ParamError("imbalance", f"{rho} leaves a class with no training image (n_max = {n_max})")
     rng = np.random.RandomState(seed)  # the reference seeds NumPy's global generator the same way
     train, held = [], []
     for c in range(num_classes):

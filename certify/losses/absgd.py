@@ -32,9 +32,9 @@ class ABSGDWeighting:
 
     def __init__(self, lam: float = 1.0, init_lambda: float = 10.0, lambda_epoch: int = 160,
                  gamma: float = 0.1, alpha: float = 0.5):
-        for name, value in (("lambda", lam), ("init-lambda", init_lambda)):
+        for name, value in (("lambda", lam), ("init_lambda", init_lambda)):
             if value == 0 or not math.isfinite(value):
-                raise ValueError(f"ABSGD --absgd-{name} must be a non-zero number, got {value}")
+                raise ValueError(f"ABSGD {name} must be a non-zero number, got {value}")
         if not 0 < gamma <= 1:
             raise ValueError(f"ABSGD γ must be in (0, 1], got {gamma}")
         if not alpha > 0:

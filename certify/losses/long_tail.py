@@ -46,7 +46,10 @@ def ldam_logits(logits: Tensor, y: Tensor, margins: Tensor, s: float = 30.0) -> 
     return s * (logits - shift)
 
 
-def class_balanced_weights(counts: Sequence[int] | Tensor, beta: float = 0.9999) -> Tensor:
+CB_BETA = 0.9999  # β of the effective number (1 − β^n)/(1 − β): Cui et al. 2019's CIFAR value
+
+
+def class_balanced_weights(counts: Sequence[int] | Tensor, beta: float = CB_BETA) -> Tensor:
     """w_j = (1 − β) / (1 − β^n_j), normalized so that Σ_j w_j = C."""
     n = as_counts(counts)
     w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))

@@ -29,7 +29,7 @@ from certify.errors import UserError
 from certify.params import Param, ParamError, resolve
 from certify.losses import CALSMultipliers, alpha_loss, clip_logits
 from certify.losses.absgd import ABSGDWeighting
-from certify.losses.long_tail import TAU_RULES, bayias_logits, ldam_logits, ldam_margins, vs_logits
+from certify.losses.long_tail import CB_BETA, TAU_RULES, bayias_logits, ldam_logits, ldam_margins, vs_logits
 from certify.objectives.reweighting import REDUCTIONS, REWEIGHT_RULES, ClassReweighting, class_difficulty
 from certify.objectives.base import Objective
 from certify.objectives.unimix import MixedTargets, UniMix
@@ -62,7 +62,7 @@ LABEL_LOSS_OPTIONS: tuple[Param, ...] = (
     Param("reweight", "none", "Per-class loss weights: class-balanced (cb, β = --cb-beta) from the "
           "start, the same deferred to --drw-epoch (drw), or CDB-W from validation difficulty "
           "(cdb, needs --balanced-val).", kind=str, choices=REWEIGHT_RULES),
-    Param("cb_beta", 0.9999, "cb/drw: β of the effective number.", at_least=0, below=1,
+    Param("cb_beta", CB_BETA, "cb/drw: β of the effective number.", at_least=0, below=1,
           reference="Cui et al. 2019"),
     Param("drw_epoch", 160, "drw: first epoch (0-based) with class-balanced weights (of 200).",
           kind=int, at_least=0, reference="Cao et al. 2019"),

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from certify.losses.long_tail import cdb_tau, cdb_weights, class_balanced_weights
+from certify.losses.long_tail import CB_BETA, cdb_tau, cdb_weights, class_balanced_weights
 
 __all__ = ["ClassReweighting", "class_difficulty", "REWEIGHT_RULES"]
 
@@ -49,14 +49,14 @@ def class_difficulty(model: nn.Module, dataset: Any, num_classes: int, device: t
 class ClassReweighting:
     """The current per-class weights (None: unweighted) under one of :data:`REWEIGHT_RULES`."""
 
-    def __init__(self, rule: str = "none", beta: float = 0.9999, drw_epoch: int = 160,
+    def __init__(self, rule: str = "none", beta: float = CB_BETA, drw_epoch: int = 160,
                  tau: str | float = "dynamic", floor: float = 0.0, reduction: str = "auto"):
         if rule not in REWEIGHT_RULES:
-            raise ValueError(f"--reweight must be one of {', '.join(REWEIGHT_RULES)}, got {rule!r}")
+            raise ValueError(f"reweight must be one of {', '.join(REWEIGHT_RULES)}, got {rule!r}")
         if reduction not in REDUCTIONS:
-            raise ValueError(f"--weight-reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+            raise ValueError(f"weight_reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         if not 0 <= beta < 1:
-            raise ValueError(f"--cb-beta must be in [0, 1), got {beta}")
+            raise ValueError(f"cb_beta must be in [0, 1), got {beta}")
         self.rule, self.beta, self.drw_epoch = rule, float(beta), int(drw_epoch)
         self.tau, self.floor = tau, float(floor)
         self.reduction = reduction if reduction != "auto" else ("mean" if rule == "cdb" else "weighted")

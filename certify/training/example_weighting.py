@@ -3,6 +3,7 @@ attention-weighted reduction of its per-example losses (the math: :mod:`certify.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from certify.losses.absgd import ABSGDWeighting
@@ -40,9 +41,8 @@ class ABSGD(TrainingComponent):
             raise ParamError("optimizer", "absgd is not supported under torchrun yet (each process "
                                           "would keep its own normalizer)")
         s = self.settings
-        try:
-            weighting = ABSGDWeighting(s.absgd_lambda, s.absgd_init_lambda, s.absgd_lambda_epoch,
-                                       s.absgd_gamma, s.absgd_alpha)
-        except ValueError as err:
-            raise ParamError("absgd_lambda", str(err)) from None
-        run.objective.reweight_examples(weighting)
+        for name in ("absgd_lambda", "absgd_init_lambda"):
+            if getattr(s, name) == 0 or not math.isfinite(getattr(s, name)):
+                raise ParamError(name, f"must be a non-zero number, got {getattr(s, name)}")
+        run.objective.reweight_examples(ABSGDWeighting(
+            s.absgd_lambda, s.absgd_init_lambda, s.absgd_lambda_epoch, s.absgd_gamma, s.absgd_alpha))

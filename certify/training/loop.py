@@ -60,7 +60,7 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command
         raise UserError(f"the JSON-lines log and the checkpoint are both {out}: choose another --log")
     objective = make_objective(config.objective, **config.objective_params)
     overrides = {k: v for k, v in objective.arch_overrides().items() if k not in config.arch_kwargs}
-    if overrides:  # what the objective needs (LDAM's cosine head), recorded with the architecture
+    if overrides:  # what the objective needs from the architecture, recorded with it
         config.model.arch_kwargs = {**config.arch_kwargs, **overrides}
     dist_info, device = distributed.init_from_env(config.device)
     try:
@@ -139,8 +139,9 @@ def _train(config: TrainConfig, out: Path, objective: Objective, dist_info: Dist
         metrics = None
         if dist_info.is_main:
             t1 = time.perf_counter()
-            test = evaluate(plain, test_set, epoch_check(plain, objective.certification(), device,
-                                                         config.seed), device)
+            check = epoch_check(plain, objective.certification(), device, config.seed)
+            test = evaluate(plain, test_set, check, device)
+            shown = [k for k in test if k not in ("test_acc", "test_balanced_acc")] + list(scheduled)
             test |= memorization(plain, data, device)
             parts: dict[str, Any] = {}
             for part in (*components, objective):
@@ -167,7 +168,7 @@ def _train(config: TrainConfig, out: Path, objective: Objective, dist_info: Dist
                           **{c.name: c.state_dict() for c in components},
                           "torch_rng": rng[0]["cpu"], "rng_ranks": rng})
         if dist_info.is_main:
-            log(_epoch_line(metrics, config.epochs))
+            log(_epoch_line(metrics, config.epochs, shown))
             if log_path is not None:
                 _append_line(log_path, metrics)
             save_checkpoint(ckpt, out)
@@ -286,16 +287,15 @@ def evaluate(model: nn.Module, dataset: Any, check: Any, device: torch.device,
     return metrics | (check.result() if check is not None else {})
 
 
-def _epoch_line(m: dict[str, Any], epochs: int) -> str:
-    noisy = f"  test noisy acc {m['test_noisy_acc']:.4f}" if "test_noisy_acc" in m else ""
-    if "test_cert_acc" in m:
-        noisy += f"  test certified acc {m['test_cert_acc']:.4f}"
-    if "p" in m:
-        noisy += f"  p {m['p']:.4g}"
+def _epoch_line(m: dict[str, Any], epochs: int, shown: list[str]) -> str:
+    """One line per epoch: the common numbers, then ``shown`` (the certificate's metric and the
+    objective's per-step schedule values) by name."""
+    extra = "".join(f"  {key.replace('test_', 'test ').replace('_', ' ')} {m[key]:.4g}"
+                    for key in shown if isinstance(m.get(key), (int, float)))
     if abs(m.get("test_balanced_acc", m["test_acc"]) - m["test_acc"]) > 1e-3:  # an imbalanced test split
-        noisy += f"  balanced {m['test_balanced_acc']:.4f}"
+        extra += f"  balanced {m['test_balanced_acc']:.4f}"
     return (f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  train acc "
-            f"{m['train_noisy_acc']:.4f}  test acc {m['test_acc']:.4f}{noisy}  lr {m['lr']:.3g}  "
+            f"{m['train_noisy_acc']:.4f}  test acc {m['test_acc']:.4f}{extra}  lr {m['lr']:.3g}  "
             f"{m['seconds']:.1f} s ({m['images_per_s']:.0f} img/s)")
 
 
@@ -356,8 +356,8 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
     if changed:
         raise UserError(f"cannot --resume {out}: it was trained with different settings ("
                         + ", ".join(f"{k}={before[k]!r} not {wanted[k]!r}" for k in changed) + ")")
-    if config.lr_schedule == "cosine" and before["epochs"] != config.epochs:
-        log(f"note: {out} was started for {before['epochs']} epochs; its cosine learning rate now "
+    if per_step(config.schedule) and before["epochs"] != config.epochs:
+        log(f"note: {out} was started for {before['epochs']} epochs; its learning-rate schedule now "
             f"ends at epoch {config.epochs}, so the run differs from an uninterrupted one")
     state = ckpt.resume_state
     if not state:

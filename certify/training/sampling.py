@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from certify.losses.long_tail import TAU_RULES, cdb_tau, class_balanced_weights
+from certify.losses.long_tail import CB_BETA, TAU_RULES, cdb_tau, class_balanced_weights
 from certify.objectives.reweighting import class_difficulty
 from certify.params import Param, ParamError
 from certify.training.component import TrainingComponent, TrainingRun
@@ -23,7 +23,6 @@ from certify.training.views import training_targets
 
 __all__ = ["ExampleSampling", "class_balanced_example_weights", "cdb_example_weights"]
 
-CB_BETA = 0.9999
 
 
 def class_balanced_example_weights(targets: Tensor, counts: Tensor, beta: float = CB_BETA) -> Tensor:
@@ -63,7 +62,7 @@ class ExampleSampling(TrainingComponent):
 
     def __init__(self, settings: Any):
         self.rule = settings.sampler
-        self.tau: str | float = settings.sampler_tau
+        self.tau: str | float = SAMPLER_OPTIONS[1].check(settings.sampler_tau)  # "0.5" -> 0.5
         self.floor = float(settings.sampler_floor)
         self.targets: Tensor | None = None
         self.counts = torch.zeros(0)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from certify.data.long_tail import long_tail_split
 from certify.data.noisy_labels import asymmetric_noise, dataset_pairs, noise_rate, symmetric_noise
 from certify.errors import UserError
+from certify.params import ParamError
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 
@@ -45,8 +46,9 @@ def parse_label_noise(text: str) -> tuple[str, float] | None:
     except ValueError:
         value = -1.0
     if kind not in NOISE_KINDS or not 0 < value < 1:
-        raise UserError(f"--label-noise must be none or KIND:RATE with KIND in {', '.join(NOISE_KINDS)} "
-                        f"and 0 < RATE < 1, e.g. symmetric:0.4; got {text!r}")
+        raise ParamError("label_noise", f"must be none or KIND:RATE with KIND in "
+                                        f"{', '.join(NOISE_KINDS)} and 0 < RATE < 1, e.g. "
+                                        f"symmetric:0.4; got {text!r}")
     return kind, value
 
 
@@ -64,11 +66,11 @@ def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_
     long_tail = None
     if imbalance != 1.0 or balanced_val:
         if val_count:
-            raise UserError("--val-count does not combine with --imbalance or --balanced-val: hold "
-                            "out a validation split per class with --balanced-val N")
+            raise ParamError("val_count", "does not combine with imbalance or balanced_val: hold "
+                                          "out a validation split per class with balanced_val N")
         if train_count is not None:
-            raise UserError("--train-count does not combine with --imbalance or --balanced-val "
-                            "(the long-tailed view fixes the training images)")
+            raise ParamError("train_count", "does not combine with imbalance or balanced_val (the "
+                                            "long-tailed view fixes the training images)")
         indices, validation_indices, counts = long_tail_split(
             train_set.targets, num_classes, imbalance, imbalance_profile, balanced_val, imbalance_seed)
         long_tail = {"imbalance": imbalance, "profile": imbalance_profile, "seed": imbalance_seed,
@@ -91,7 +93,7 @@ def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_
                   "transition": transition.tolist(), "flipped": flipped_all.tolist()}
     if validation_indices is None:
         if not 0 <= val_count < total:
-            raise UserError(f"--val-count must be in [0, {total}), got {val_count}")
+            raise ParamError("val_count", f"must be in [0, {total}), got {val_count}")
         keep = total - val_count if train_count is None else min(train_count, total - val_count)
         indices = indices[:keep]
         validation_indices = torch.arange(total - val_count, total)
