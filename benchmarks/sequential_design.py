@@ -33,8 +33,7 @@ from scipy.special import betaln
 from scipy.stats import binom, norm
 
 from certify.results import read_results, read_sidecar
-from certify.smoothing.stopping import (StoppingRule, cp_lower, default_radii,
-                                        stopping_distribution)
+from certify.smoothing.stopping import StoppingRule, cp_lower, default_radii, stopping_distribution
 
 ABSTAINED_P = 0.45
 

@@ -55,7 +55,7 @@ def part_one(args) -> dict:
         "smoothmix": make_objective("smoothmix", sigma=args.sigma, num_noise_vec=args.m,
                                     num_steps=args.T, step_size=1.0, mix_step=1, warmup=1),
     }
-    for name, objective in objectives.items():  # warm-up
+    for objective in objectives.values():  # warm-up
         epoch_seconds(model, objective, batches[:1])
     times = {name: [] for name in objectives}
     for rep in range(args.repeats):

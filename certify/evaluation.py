@@ -33,8 +33,14 @@ from certify.calibration import classwise_ece, expected_calibration_error
 from certify.errors import UserError
 from certify.fsutil import atomic_write_text, check_output_path
 from certify.results import Results, check_writable, read_results, read_sidecar, sidecar_path
-from certify.set_prediction import (average_k_threshold, average_k_tie_fraction, average_k_sets,
-                                    mean_set_size, set_error, top_k_sets)
+from certify.set_prediction import (
+    average_k_sets,
+    average_k_threshold,
+    average_k_tie_fraction,
+    mean_set_size,
+    set_error,
+    top_k_sets,
+)
 
 
 @dataclass

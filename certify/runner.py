@@ -21,8 +21,14 @@ import certify
 from certify.checkpoint import load_checkpoint
 from certify.errors import UserError
 from certify.methods import CertificationMethod, RunContext, default_method, make_method
-from certify.results import (ResultWriter, check_writable, merge_results, read_results,
-                             read_sidecar, write_sidecar)
+from certify.results import (
+    ResultWriter,
+    check_writable,
+    merge_results,
+    read_results,
+    read_sidecar,
+    write_sidecar,
+)
 
 # Sidecar keys that must match for --resume to continue a file, whatever the method (each method adds
 # its own resume_keys); the rest may differ between sessions.

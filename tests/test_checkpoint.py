@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_checkpoint
 
 from certify.checkpoint import load_checkpoint, save_checkpoint
 from certify.errors import UserError
 from certify.nets import build_model
-from conftest import make_checkpoint
 
 
 def test_round_trip_rebuilds_the_same_function(tmp_path: Path):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_checkpoint
 
 from certify.cli import main
 from certify.results import read_results, read_sidecar
-from conftest import make_checkpoint
 
 
 def cli(*args: str) -> int:

@@ -7,17 +7,26 @@ import math
 
 import pytest
 import torch
+from conftest import make_checkpoint
+from test_cli import cli
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from certify.checkpoint import load_checkpoint, save_checkpoint
 from certify.data import load_dataset
 from certify.errors import UserError
-from certify.ladc import (calibrate_checkpoint, class_statistics, extract_features, generate_features,
-                          head_classes, neighbour_classes, retrain_head, seeds_per_feature, tukey)
+from certify.ladc import (
+    calibrate_checkpoint,
+    class_statistics,
+    extract_features,
+    generate_features,
+    head_classes,
+    neighbour_classes,
+    retrain_head,
+    seeds_per_feature,
+    tukey,
+)
 from certify.nets import NormedLinear, build_model
-from conftest import make_checkpoint
-from test_cli import cli
 
 HEAD = "1.classifier.3"  # small_cnn's last layer inside Sequential(NormalizeLayer, net)
 # fake Fashion-MNIST train labels are (3i) mod 10: four images per class among 40

@@ -15,9 +15,9 @@ from certify.linf_dist.layers import INF, LpDistConv2d, LpDistLinear, MeanShift,
 from certify.linf_dist.nets import LinfDistNet
 from certify.linf_dist.reference import linf_dist_bounds_reference, lp_dist_reference
 from certify.linf_dist.schedules import lambda_at, p_at, ramp
-from certify.training.optim import cosine_factor
 from certify.nets import build_model
 from certify.objectives.linf_margin import clipped_hinge, multiclass_hinge
+from certify.training.optim import cosine_factor
 
 P_VALUES = [1.0, 2.0, 8.0, 3.7, 8.5, 50.0, 1000.0, INF]
 

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
+from test_cli import cli
 
 from certify.checkpoint import load_checkpoint
 from certify.linf_dist.certifier import lipschitz_radii
 from certify.linf_dist.layers import INF, set_p
 from certify.results import read_results
 from certify.training import TrainConfig, train
-from test_cli import cli
 
 
 def config(data_dir, **changes) -> TrainConfig:

@@ -10,15 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_checkpoint
+from test_cli import cli
 
 from certify.checkpoint import file_sha256, save_checkpoint
 from certify.errors import UserError
-from certify.evaluation import (Predictions, default_class_radii, format_report,
-                                per_class_certified_accuracy, report, shot_accuracy, shot_groups)
+from certify.evaluation import (
+    Predictions,
+    default_class_radii,
+    format_report,
+    per_class_certified_accuracy,
+    report,
+    shot_accuracy,
+    shot_groups,
+)
 from certify.plot import plot_per_class_certified
-from certify.results import ResultWriter, Results, write_sidecar
-from conftest import make_checkpoint
-from test_cli import cli
+from certify.results import Results, ResultWriter, write_sidecar
 
 FMNIST_LT_100 = [6000, 3597, 2155, 1292, 774, 464, 278, 166, 99, 60]  # n_max 6000, ρ = 100
 

@@ -11,8 +11,15 @@ import torch.nn.functional as F
 
 from certify.data.long_tail import long_tail_counts, long_tail_split
 from certify.losses.absgd import ABSGDWeighting
-from certify.losses.long_tail import (bayias_logits, cdb_tau, cdb_weights, class_balanced_weights,
-                                      ldam_logits, ldam_margins, vs_logits)
+from certify.losses.long_tail import (
+    bayias_logits,
+    cdb_tau,
+    cdb_weights,
+    class_balanced_weights,
+    ldam_logits,
+    ldam_margins,
+    vs_logits,
+)
 from certify.objectives.label_loss import LabelLoss
 from certify.objectives.unimix import MixedTargets, UniMix, unimix_factor, unimix_partners
 from certify.training.sampling import cdb_example_weights, class_balanced_example_weights

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from datafactory import write_idx_dataset
+from test_cli import cli
 
 from certify.checkpoint import load_checkpoint
 from certify.data.long_tail import long_tail_counts
@@ -14,8 +16,6 @@ from certify.errors import UserError
 from certify.nets.cosine import NormedLinear
 from certify.training import TrainConfig, train
 from certify.training.views import checkpoint_training_data, training_targets
-from datafactory import write_idx_dataset
-from test_cli import cli
 
 
 @pytest.fixture
@@ -144,9 +144,10 @@ def test_cli_trains_ldam_drw_and_rejects_bad_flags(lt_fmnist, tmp_path, capsys):
 
 @pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
 def test_the_view_works_on_the_other_datasets(tmp_path, dataset):
+    from datafactory import write_cifar10_dataset
+
     from certify.data import load_dataset
     from certify.training.views import prepare_training_data
-    from datafactory import write_cifar10_dataset
 
     root = tmp_path / dataset
     if dataset == "cifar10":

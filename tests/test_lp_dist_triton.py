@@ -14,8 +14,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from certify.linf_dist import eager, ops
-from certify.linf_dist.reference import lp_dist_reference
+from certify.linf_dist import eager, ops  # noqa: E402
+from certify.linf_dist.reference import lp_dist_reference  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -14,15 +14,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import make_checkpoint
+from test_cli import cli, rows_without_time
 
 from certify.checkpoint import save_checkpoint
 from certify.errors import UserError
-from certify.methods import (METHODS, CertificationMethod, RunContext, Sequential, all_options,
-                             example_generator, method_for)
+from certify.methods import (
+    METHODS,
+    CertificationMethod,
+    RunContext,
+    Sequential,
+    all_options,
+    example_generator,
+    method_for,
+)
 from certify.results import read_results, read_sidecar
 from certify.smoothing import SequentialSmooth, Smooth
-from conftest import make_checkpoint
-from test_cli import cli, rows_without_time
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cli import cli
 
 from certify.errors import UserError
 from certify.objectives import make_objective
 from certify.training import TrainConfig, train
 from certify.training.views import parse_label_noise
-from test_cli import cli
 
 
 def config(data_dir, **changes) -> TrainConfig:

@@ -10,7 +10,6 @@ import pytest
 
 from certify.errors import UserError
 from certify.fsutil import atomic_write_text, atomic_writer
-from certify.summary import default_radii, summary_table
 from certify.results import (
     HEADER,
     Results,
@@ -22,6 +21,7 @@ from certify.results import (
     sidecar_path,
     write_sidecar,
 )
+from certify.summary import default_radii, summary_table
 
 HEAD = "\t".join(HEADER) + "\n"
 

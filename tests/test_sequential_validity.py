@@ -19,9 +19,15 @@ from scipy.stats import beta, binom, norm
 
 from certify.smoothing import SequentialSmooth
 from certify.smoothing.bounds import lower_confidence_bound
-from certify.smoothing.stopping import (StoppingRule, cp_lower, cp_upper, default_radii,
-                                        overcertification_probability, round_sizes,
-                                        stopping_distribution)
+from certify.smoothing.stopping import (
+    StoppingRule,
+    cp_lower,
+    cp_upper,
+    default_radii,
+    overcertification_probability,
+    round_sizes,
+    stopping_distribution,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_smooth import _half_space  # noqa: E402

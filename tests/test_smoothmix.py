@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.errors import UserError
-from certify.params import ParamError
 from certify.objectives import SmoothMix, make_objective
 from certify.objectives.smoothmix import self_mixup, warmup_factor
+from certify.params import ParamError
 
 
 def linear(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -7,8 +7,8 @@ import torch
 
 from certify.checkpoint import load_checkpoint
 from certify.errors import UserError
-from certify.params import ParamError
 from certify.objectives import GaussianAugmentation, make_objective
+from certify.params import ParamError
 from certify.training import TrainConfig, train
 
 

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import click
 
-from certify.cli.options import (command_line, data_dir_option, device_option, flag_error, param_option,
-                                 pick_device, seed_option)
+from certify.cli.options import (
+    command_line,
+    data_dir_option,
+    device_option,
+    flag_error,
+    param_option,
+    pick_device,
+    seed_option,
+)
 from certify.errors import UserError
 
 

@@ -19,8 +19,14 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from certify.cli.options import (command_line, data_dir_option, device_option, flag_error,
-                                 param_option, pick_device)
+from certify.cli.options import (
+    command_line,
+    data_dir_option,
+    device_option,
+    flag_error,
+    param_option,
+    pick_device,
+)
 from certify.errors import UserError
 from certify.objectives import OBJECTIVES, all_options, objective_class
 from certify.params import ParamError

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from certify.linf_dist.layers import INF, set_p
+from certify.linf_dist.layers import INF
 from certify.nets.normalize import NormalizeLayer
 
 BOUNDS = ("auto", "lipschitz", "interval")

@@ -6,8 +6,6 @@ epoch), so a resumed run recomputes exactly where it was.
 
 from __future__ import annotations
 
-import math
-
 INF = float("inf")
 
 

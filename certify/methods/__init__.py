@@ -14,8 +14,16 @@ from torch import nn
 
 from certify.checkpoint import Checkpoint
 from certify.errors import UserError
-from certify.methods.base import (CertificationMethod, EpochCheck, MethodOption, OptionError, Row, RunContext,
-                                  example_generator, example_seed)
+from certify.methods.base import (
+    CertificationMethod,
+    EpochCheck,
+    MethodOption,
+    OptionError,
+    Row,
+    RunContext,
+    example_generator,
+    example_seed,
+)
 from certify.methods.cohen import Cohen
 from certify.methods.linf_bounds import LinfBounds
 from certify.methods.sequential import Sequential

@@ -19,7 +19,6 @@ from torch import nn
 from certify.checkpoint import Checkpoint
 from certify.params import Param, ParamError, resolve
 
-
 # A method's options are typed parameters; the old names stay for readers of the method modules.
 MethodOption = Param
 OptionError = ParamError

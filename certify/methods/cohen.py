@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.methods.base import (CertificationMethod, EpochCheck, MethodOption, Row,
-                                  example_generator)
+from certify.methods.base import CertificationMethod, EpochCheck, MethodOption, Row, example_generator
 from certify.smoothing.core import PRECISIONS, Smooth
 
 # The options every smoothing method shares, written once.

@@ -7,8 +7,8 @@ net's natural one.
 
 from __future__ import annotations
 
-import time
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
@@ -16,11 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.linf_dist.certifier import (BOUNDS, input_std, interval_radii, lipschitz_radii,
-                                         split_model)
+from certify.linf_dist.certifier import BOUNDS, input_std, interval_radii, lipschitz_radii, split_model
 from certify.linf_dist.layers import INF, get_p, set_p
-from certify.methods.base import (CertificationMethod, EpochCheck, MethodOption, OptionError,
-                                  Row)
+from certify.methods.base import CertificationMethod, EpochCheck, MethodOption, OptionError, Row
 
 
 class LipschitzAccuracy(EpochCheck):

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certify.errors import UserError
-from certify.params import Param, ParamError, resolve
 from certify.losses import CALSMultipliers, alpha_loss, clip_logits
 from certify.losses.absgd import ABSGDWeighting
 from certify.losses.long_tail import CB_BETA, TAU_RULES, bayias_logits, ldam_logits, ldam_margins, vs_logits
-from certify.objectives.reweighting import REDUCTIONS, REWEIGHT_RULES, ClassReweighting, class_difficulty
 from certify.objectives.base import Objective
+from certify.objectives.reweighting import REDUCTIONS, REWEIGHT_RULES, ClassReweighting, class_difficulty
 from certify.objectives.unimix import MixedTargets, UniMix
+from certify.params import Param, ParamError, resolve
 from certify.training.component import TrainingRun
 
 LOSSES = ("ce", "alpha", "cals", "ldam", "vs", "bayias")

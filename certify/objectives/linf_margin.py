@@ -15,12 +15,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from certify.objectives.base import Objective
-from certify.params import Param, ParamError
 from certify.linf_dist.certifier import input_std, split_model
 from certify.linf_dist.layers import set_p
 from certify.linf_dist.schedules import lambda_at, p_at, ramp
-
+from certify.objectives.base import Objective
+from certify.params import Param, ParamError
 
 LINF_SCHEDULE_OPTIONS: tuple[Param, ...] = (
     Param("eps_train", None, "ℓ∞ nets: training ε in pixel units (the hinge threshold is θ = 2ε).",

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from certify.smoothing.core import (PRECISIONS, autocast_context, check_alpha, check_counts,
-                                   check_smoothing)
+from certify.smoothing.core import PRECISIONS, autocast_context, check_alpha, check_counts, check_smoothing
 from certify.smoothing.stopping import StoppingRule
 
 # Noise is drawn per input in chunks of this many samples (not per forward batch). An input keeps at
@@ -64,9 +63,9 @@ class SequentialSmooth:
                  radii: Sequence[float] | None = None, futility: float = 0.1, first_round: int = 512,
                  precision: str = "fp32"):
         """``radii``: the radii whose certified accuracy matters (default: multiples of 0.25 that n
-        samples can certify at the last round's level). ``futility``: the level of the test that gives up on the next radius
-        (it costs accuracy, never validity). ``first_round``: samples of the first estimation round;
-        each later round doubles the total."""
+        samples can certify at the last round's level). ``futility``: the level of the test that
+        gives up on the next radius (it costs accuracy, never validity). ``first_round``: samples
+        of the first estimation round; each later round doubles the total."""
         check_smoothing(num_classes, sigma, precision)
         self.base_classifier = base_classifier
         self.num_classes = num_classes

@@ -95,10 +95,11 @@ class StoppingRule:
                  futility_target: str = "at_n"):
         """``final_share``: the share of α spent on the last round (the rest split evenly over the
         others; None: α/K for each of the K rounds). Most inputs that reach the last round sit near
-        a radius's threshold, where the level matters most; those that stop early have margin. ``futility_target``: what the futility
-        test compares p_A with: "threshold" Φ(r/σ), or "at_n" the vote share that would certify r
-        after all N samples (larger, so it gives up sooner). ``radii`` None: the summary table's
-        radii that the last round can certify (``default_radii`` at its level)."""
+        a radius's threshold, where the level matters most; those that stop early have margin.
+        ``futility_target``: what the futility test compares p_A with: "threshold" Φ(r/σ), or
+        "at_n" the vote share that would certify r after all N samples (larger, so it gives up
+        sooner). ``radii`` None: the summary table's radii that the last round can certify
+        (``default_radii`` at its level)."""
         from scipy.stats import norm
 
         if not sigma > 0:

@@ -2,7 +2,7 @@
 
 The loop knows components only through these hooks, each a no-op by default, so it names no
 method. A component (the sampler, ABSGD's example weighting, the susceptibility probe, and the
-objective itself: :class:`certify.objectives.base.Objective`) declares its typed parameters and
+objective itself: :class:`certify.objectives.base.Objective`) declares its typed options and
 overrides the hooks it needs. The loop calls, in this order:
 
 - ``setup(run)`` once, after the model and the data exist and before the optimizer is built;
@@ -45,7 +45,7 @@ class TrainingComponent:
 
     name: ClassVar[str]  # the component's name: its --help group and its checkpoint state key
     title: ClassVar[str]  # the heading of its options in 'certify train --help'
-    params: ClassVar[tuple[Param, ...]] = ()
+    options: ClassVar[tuple[Param, ...]] = ()
 
     def setup(self, run: TrainingRun) -> None:
         """Bind to the run; refuse (with a ``ParamError``) what cannot work before epoch 1."""

@@ -68,6 +68,9 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def __getattr__(self, name: str) -> Any:  # only reached for a name that is not an option
+        raise AttributeError(f"no training option {name!r} in this section")
+
     def __repr__(self) -> str:
         return f"Settings({self.__dict__!r})"
 
