@@ -4,7 +4,8 @@
 # Each step is skipped when it is already done, so every command can be run again at any time.
 #
 #   ./run.sh quickstart [OPTIONS]   train or reuse a model, certify test images, plot (certify quickstart)
-#   ./run.sh test [PYTEST ARGS]     the test suite
+#   ./run.sh test [PYTEST ARGS]     the linters (ruff, mypy), then the test suite
+#   ./run.sh lint                   the linters alone
 #   ./run.sh certify ARGS...        any certify command inside the environment
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -53,9 +54,17 @@ case "$command" in
         ensure_venv
         exec "$VENV/bin/certify" quickstart "$@"
         ;;
+    lint)
+        ensure_venv
+        "$VENV/bin/ruff" check certify tests benchmarks
+        exec "$VENV/bin/mypy"
+        ;;
     test)
         ensure_data
         ensure_venv
+        say "lint: ruff (style, import order) and mypy (types) on the package"
+        "$VENV/bin/ruff" check certify tests benchmarks
+        "$VENV/bin/mypy"
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;
     certify)
@@ -63,7 +72,7 @@ case "$command" in
         exec "$VENV/bin/certify" "$@"
         ;;
     *)
-        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
         [ "$command" = help ] || exit 2
         ;;
 esac

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, dataset: Any, device: torch.device,
+def predict_probabilities(model: nn.Module, dataset: Any, device: torch.device | str,
                           batch_size: int = 1000) -> Predictions:
     from certify.linf_dist.layers import INF, set_p
 
@@ -141,7 +141,7 @@ def _group_classes(groups: Mapping[str, Any]) -> Mapping[str, Sequence[int]]:
     return groups["classes"] if "classes" in groups else groups
 
 
-def shot_accuracy(per_class_values: Sequence[float], groups: Mapping[str, Any]) -> dict[str, float]:
+def shot_accuracy(per_class_values: Iterable[float], groups: Mapping[str, Any]) -> dict[str, float]:
     """Mean of ``per_class_values`` over each group's classes, skipping nan classes (no test
     examples); nan for a group with no (non-nan) class. ``groups``: what :func:`shot_groups`
     returns, or a plain ``{"many": [...], "medium": [...], "few": [...]}``."""
@@ -177,7 +177,7 @@ def report(pred: Predictions, k: int = 2, seed: int = 0, class_counts: Sequence[
     probs, labels = pred.probs[held], pred.labels[held]
     avg_sets = average_k_sets(probs, threshold, tie, generator=torch.Generator().manual_seed(seed))
     top_sets = top_k_sets(probs, k)
-    metrics = {
+    metrics: dict[str, Any] = {
         "examples": len(pred.labels),
         "accuracy": (pred.probs.argmax(1) == pred.labels).float().mean().item(),
         "balanced_accuracy": sum(present) / len(present),
@@ -415,8 +415,8 @@ def run_evaluation(spec: EvalSpec) -> EvalReport:
         raise UserError(f"{spec.checkpoint} records {len(counts)} training class counts for "
                         f"{ckpt.num_classes} classes: a damaged checkpoint")
     certified = _certified_input(spec, ckpt) if spec.results is not None else None
-    classes = dataset_info(ckpt.dataset).classes
-    classes = classes if len(classes) == ckpt.num_classes else None
+    names = dataset_info(ckpt.dataset).classes
+    classes = names if len(names) == ckpt.num_classes else None
     data = load_dataset(ckpt.dataset, spec.split, data_dir=spec.data_dir)
     pred = predict_probabilities(ckpt.build_model(spec.device), data, spec.device, spec.batch)
     metrics = report(pred, spec.k, class_counts=counts, many=spec.many, few=spec.few)
@@ -476,6 +476,7 @@ def _certified_input(spec: EvalSpec, ckpt: Any) -> tuple[Results, Any, tuple[flo
     from certify.summary import check_norm
 
     path = spec.results
+    assert path is not None  # the caller checks it
     results = read_results(path)
     sidecar = read_sidecar(path) or {}
     recorded = sidecar.get("checkpoint_sha256")

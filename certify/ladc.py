@@ -181,7 +181,7 @@ def generate_features(features: Tensor, labels: Tensor, num_classes: int, *, k: 
     return GeneratedFeatures(torch.cat(parts), torch.cat(part_labels), generated, neighbours)
 
 
-def _reinitialize(head: nn.Module, generator: torch.Generator | None) -> None:
+def _reinitialize(head: nn.Linear | NormedLinear, generator: torch.Generator | None) -> None:
     """The head's own fresh init, drawn from ``generator`` so that the seed fixes it."""
     seed = int(torch.randint(2**62, (1,), generator=generator))
     device = head.weight.device
@@ -195,7 +195,7 @@ def _reinitialize(head: nn.Module, generator: torch.Generator | None) -> None:
     head.to(device)
 
 
-def retrain_head(head: nn.Module, features: Tensor, labels: Tensor, epochs: int = 10, lr: float = 0.1,
+def retrain_head(head: nn.Linear | NormedLinear, features: Tensor, labels: Tensor, epochs: int = 10, lr: float = 0.1,
                  batch_size: int = 512, generator: torch.Generator | None = None,
                  weight_decay: float = WEIGHT_DECAY, cosine_scale: float = COSINE_SCALE) -> list[float]:
     """Re-initialize ``head`` and train it alone on (features, labels); returns each epoch's mean loss.

@@ -245,7 +245,9 @@ def _per_class(spec: PlotSpec, paths: list[Path], runs: list[Results], names: li
         raise UserError("--per-class needs results of 'certify run' on one dataset (their JSON sidecars "
                         "name it): " + ", ".join(f"{p}: {s.get('dataset', 'no sidecar')}"
                                                   for p, s in zip(paths, sidecars)))
-    info = dataset_info(datasets.pop())
+    dataset = datasets.pop()
+    assert dataset is not None  # checked above
+    info = dataset_info(dataset)
     columns = list(spec.radii) if spec.radii else default_class_radii(runs[0], norm)
     curves = [per_class_certified_accuracy(r, info.num_classes, columns) for r in runs]
     counts = _class_counts(spec.counts_from, sidecars[0], info.num_classes)

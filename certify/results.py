@@ -481,10 +481,9 @@ def _merge_sidecars(paths: list[Path], rows_ignore: Collection[str] = (),
             f"{sidecar_path(missing)} is missing but {sidecar_path(have[0])} exists; "
             "are these shards of the same run?"
         )
-    first_path, first = cars[0]
-    assert first is not None
-    for p, car in cars[1:]:
-        assert car is not None
+    present: list[tuple[Path, dict[str, Any]]] = [(p, c) for p, c in cars if c is not None]
+    first_path, first = present[0]
+    for p, car in present[1:]:
         for key in sorted((set(first) | set(car)) - PER_RUN_SIDECAR_KEYS - set(rows_ignore)):
             a, b = first.get(key, "<absent>"), car.get(key, "<absent>")
             if a != b:
@@ -492,11 +491,11 @@ def _merge_sidecars(paths: list[Path], rows_ignore: Collection[str] = (),
                     f"sidecars disagree on {key!r}: {sidecar_path(first_path)} has {a!r}, "
                     f"{sidecar_path(p)} has {b!r}; these are not shards of one run"
                 )
-    _check_shard_set([car.get("shard") for _, car in cars])
+    _check_shard_set([car.get("shard") for _, car in present])
     merged = dict(first)
     merged.pop("shard", None)
     merged["merged_from"] = [str(p) for p in paths]
-    shards = [car for _, car in cars]
+    shards = [car for _, car in present]
     for key in SUMMED_SIDECAR_KEYS:
         if all(key in car for car in shards):
             merged[key] = sum(int(car[key]) for car in shards)

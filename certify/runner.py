@@ -10,10 +10,11 @@ from __future__ import annotations
 import platform
 import socket
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -94,7 +95,7 @@ def run_certification(spec: RunSpec, progress: bool = True) -> Path:
     model = ckpt.build_model(ctx.device)
     method = make_method(ckpt, model, spec.method, spec.options, ctx)
     data = load_dataset(ckpt.dataset, spec.split, data_dir=spec.data_dir)
-    indices = select_indices(len(data), spec.skip, spec.count, spec.shard)
+    indices = select_indices(len(cast(Sized, data)), spec.skip, spec.count, spec.shard)
 
     sidecar = {
         "toolkit": f"certify {certify.__version__}", "command": spec.command,

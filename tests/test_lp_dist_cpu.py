@@ -24,6 +24,7 @@ from certify.linf_dist.reference import lp_dist_reference
 INF = math.inf
 P_VALUES = [1.0, 2.0, 8.0, 3.7, 8.5, 50.0, 1000.0, INF]
 
+pytestmark = pytest.mark.slow  # every test here compiles kernels (torch.compile, inductor)
 needs_compiler = pytest.mark.skipif(not cpu_kernels.available(torch.zeros(1)),
                                     reason="torch.compile (inductor) does not work on this machine")
 

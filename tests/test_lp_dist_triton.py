@@ -56,8 +56,9 @@ def _import_kernels():
 
 
 tk = _import_kernels()
-pytestmark = pytest.mark.skipif(not tk.available(torch.zeros(1, device=DEVICE)),
-                                reason="Triton kernels unavailable on this device")
+pytestmark = [pytest.mark.skipif(not tk.available(torch.zeros(1, device=DEVICE)),
+                                 reason="Triton kernels unavailable on this device"),
+              pytest.mark.slow]  # the interpreter (CPU) or kernel compilation (GPU)
 
 
 def _data(B: int, CI: int, CO: int, dtype: torch.dtype = torch.float64, seed: int = 0, scale: float = 1.0):

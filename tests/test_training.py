@@ -283,3 +283,22 @@ def test_shared_objective_options_are_declared_once():
             assert seen.setdefault(option.name, option) is option, (objective.name, option.name)
             assert option.check(option.default) == option.default or option.default is None
     assert {"sigma", "loss", "eps_train", "num_steps"} <= set(seen)
+
+
+def test_every_committed_checkpoint_rebuilds_its_config_and_objective():
+    """Checkpoints written before the settings were sectioned still describe a valid run: the
+    flat record round-trips (options added since take their defaults), and the objective rebuilt
+    from it promises the certificate the checkpoint carries."""
+    from pathlib import Path
+
+    checkpoints = sorted((Path(__file__).parents[1] / "models").glob("*.pt"))
+    assert len(checkpoints) >= 5
+    defaults = TrainConfig().record()
+    for path in checkpoints:
+        ckpt = load_checkpoint(path)
+        stored = ckpt.training["config"]
+        config = TrainConfig.from_record(stored)
+        config.validate()
+        assert config.record() == defaults | stored, path.name
+        objective = make_objective(config.objective, **config.objective_params)
+        assert objective.certification() == ckpt.certification, path.name

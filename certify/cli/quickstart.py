@@ -7,7 +7,9 @@ Every step is resumable, so running it again finishes or reuses what is already 
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -72,7 +74,7 @@ def quickstart_command(out_dir: Path, model: Path, retrain: bool, epochs: int, s
         click.echo(f"[1/3] using the trained model {model} ('certify info {model}' shows how it was made)",
                    err=True)
 
-    total = len(load_dataset("fashion-mnist", "test", data_dir=data_dir))
+    total = len(cast(Sized, load_dataset("fashion-mnist", "test", data_dir=data_dir)))
     skip = max(1, total // count)
     tsv = out_dir / "certify.tsv"
     click.echo(f"[2/3] certifying {count} test images (one in {skip}), method {method}, N={n}, "
@@ -96,7 +98,9 @@ def quickstart_command(out_dir: Path, model: Path, retrain: bool, epochs: int, s
                                      f"{images} test images", table_out=table_md))
     click.echo(f"[3/3] wrote {png} and {table_md}\n", err=True)
     click.echo(table, nl=False)
-    samples = read_sidecar(tsv).get("estimation_samples")
+    sidecar = read_sidecar(tsv)
+    assert sidecar is not None  # run_certification wrote it (or a resumed run had one)
+    samples = sidecar.get("estimation_samples")
     if samples is not None:
         passes = n0 + samples / images
         click.echo(f"\nforward passes per image: {passes:,.0f} on average, against cohen's N0 + N = "

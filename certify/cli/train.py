@@ -29,7 +29,7 @@ from certify.cli.options import (
 )
 from certify.errors import UserError
 from certify.objectives import OBJECTIVES, all_options, objective_class
-from certify.params import ParamError
+from certify.params import Param, ParamError
 from certify.training.config import SECTIONS, TrainConfig
 from certify.training.recipes import Recipe, available_recipes, load_recipe
 
@@ -90,6 +90,7 @@ def _generated_options(command: Callable[..., Any]) -> Callable[..., Any]:
         for p in section.options:
             if p.name in _SHARED:
                 continue
+            option: Callable[[Callable[..., Any]], Callable[..., Any]]
             if p.kind is dict:
                 option = click.option(p.cli_flag, p.name, multiple=True, callback=_parse_arch_options,
                                       metavar=p.metavar, help=p.help)
@@ -123,7 +124,7 @@ def _list_recipes(ctx: click.Context, param: click.Parameter, value: bool) -> No
 
 def _apply_recipe(ctx: click.Context, recipe: Recipe, values: dict[str, Any]) -> None:
     """Fill ``values`` from ``recipe`` wherever the user typed nothing (the default stands otherwise)."""
-    tables = {"config": {**SECTION_OPTIONS, "objective": None},
+    tables: dict[str, dict[str, Param | None]] = {"config": {**SECTION_OPTIONS, "objective": None},
               "objective": {name: p for name, (p, _) in OBJECTIVE_OPTIONS.items()}}
     unknown = [f"{table}.{key}" for table, known in tables.items()
                for key in getattr(recipe, table) if key not in known]

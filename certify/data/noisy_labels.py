@@ -109,22 +109,21 @@ def asymmetric_noise(targets: Tensor, rate: float, pairs: str | Mapping[int, int
     over *all* samples, so its effective rate is lower.)
     """
     clean = _check(targets, rate, num_classes)
-    if isinstance(pairs, str):
-        name, pairs = pairs, dataset_pairs(pairs)
-        if pairs is None:
-            known = [n for n in available_datasets() if dataset_pairs(n) is not None]
-            raise ValueError(f"no asymmetric map for {name!r}; known: {', '.join(known)}")
-    for src, dst in pairs.items():
+    mapping: Mapping[int, int] | None = dataset_pairs(pairs) if isinstance(pairs, str) else pairs
+    if mapping is None:
+        known = [n for n in available_datasets() if dataset_pairs(n) is not None]
+        raise ValueError(f"no asymmetric map for {pairs!r}; known: {', '.join(known)}")
+    for src, dst in mapping.items():
         if not (0 <= src < num_classes and 0 <= dst < num_classes) or src == dst:
             raise ValueError(f"bad class pair {src}->{dst} for {num_classes} classes")
     noisy = clean.clone()
     transition = torch.eye(num_classes, dtype=torch.float64)
-    for src in sorted(pairs):  # fixed order: the same seed gives the same labels
+    for src in sorted(mapping):  # fixed order: the same seed gives the same labels
         members = torch.nonzero(clean == src).reshape(-1)
         pick = torch.randperm(members.numel(), generator=generator)[:_count(rate, members.numel())]
-        noisy[members[pick]] = pairs[src]  # selected on the clean labels, so swaps do not chain
+        noisy[members[pick]] = mapping[src]  # selected on the clean labels, so swaps do not chain
         transition[src, src] = 1.0 - rate
-        transition[src, pairs[src]] = rate
+        transition[src, mapping[src]] = rate
     return _finish(clean, noisy, targets.device, transition)
 
 

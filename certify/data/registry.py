@@ -43,7 +43,10 @@ class DatasetSource(Protocol):
     A view over another dataset implements this by delegating to the base source.
     """
 
-    info: DatasetInfo
+    @property
+    def info(self) -> DatasetInfo:
+        """The dataset's facts (read-only: a frozen dataclass field satisfies it)."""
+        ...
 
     def resolve(self, data_dir: Path | None) -> Path:
         """Directory that holds the files; raises UserError if there is none."""

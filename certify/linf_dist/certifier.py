@@ -15,6 +15,8 @@ Two certificates (``bound``):
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 from torch import Tensor, nn
 
@@ -22,6 +24,12 @@ from certify.linf_dist.layers import INF
 from certify.nets.normalize import NormalizeLayer
 
 BOUNDS = ("auto", "lipschitz", "interval")
+
+
+class _MarginNet(Protocol):
+    """The ℓ∞-dist net that :func:`split_model` checks for (``LinfDistNet``, ``LinfDistHybrid``)."""
+
+    def margin_lower_bounds(self, lower: Tensor, upper: Tensor, y: Tensor) -> Tensor: ...
 
 
 def split_model(model: nn.Module) -> tuple[NormalizeLayer, nn.Module]:
@@ -54,7 +62,7 @@ def interval_margins(model: nn.Module, x: Tensor, eps: Tensor, y: Tensor) -> Ten
     normalize, net = split_model(model)
     eps = eps.view(-1, *([1] * (x.dim() - 1)))
     lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
-    return net.margin_lower_bounds(normalize(lower), normalize(upper), y)
+    return cast(_MarginNet, net).margin_lower_bounds(normalize(lower), normalize(upper), y)
 
 
 @torch.no_grad()

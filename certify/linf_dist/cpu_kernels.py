@@ -50,7 +50,7 @@ _SPLIT = 2  # CI slices of the p = 8 forward (independent partial sums per accum
 # Inductor stores an intermediate it judges "large" or "read often" instead of recomputing it; for
 # the B×CO×CI expressions here that would allocate the very tensor these kernels exist to avoid.
 # dynamic_threads: always emit an OpenMP loop (the thread count is read at run time).
-_INDUCTOR_OPTIONS = {
+_INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {
     "realize_opcount_threshold": 1 << 20,
     "realize_acc_reads_threshold": 1 << 20,
     "realize_reads_threshold": 1 << 20,
@@ -117,6 +117,7 @@ def _g_forward_p8(x4: Tensor, w3: Tensor) -> Tensor:
         d2 = d * d
         d4 = d2 * d2
         total = d4 * d4 if total is None else total + d4 * d4
+    assert total is not None  # S >= 1 slices
     return total.sum(-1).clamp_min(FLT_MIN).sqrt().sqrt().sqrt()
 
 
@@ -340,14 +341,15 @@ class _Variant:
             return self._call(args)
 
 
-_VARIANTS = {name: _Variant(name, body) for name, body in {
+_BODIES: dict[str, Callable[..., Any]] = {
     "forward_p8": _g_forward_p8,
     "forward_general": _g_forward_general,
     "forward_inf": _g_forward_inf,
     "forward_inf_index": _g_forward_inf_index,
     "backward_p8": _g_backward_p8,
     "backward_general": _g_backward_general,
-}.items()}
+}
+_VARIANTS = {name: _Variant(name, body) for name, body in _BODIES.items()}
 
 
 def _run(name: str, args: tuple[Tensor, ...], work: float) -> Any:

@@ -27,6 +27,8 @@ class MeanShift(nn.Module):
     the running mean (momentum 0.1), a translation, so the layer stays 1-Lipschitz.
     """
 
+    running_mean: Tensor
+
     def __init__(self, channels: int, momentum: float = 0.1):
         super().__init__()
         self.momentum = momentum

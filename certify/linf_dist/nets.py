@@ -9,6 +9,7 @@ the ball of radius M/2 in normalized units; the hybrid net is certified by inter
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,7 @@ def _dist_stack(in_features: int, width: int, count: int, identity_value: float)
 def _propagate(layers: nn.ModuleList, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     lower, upper = lower.flatten(1), upper.flatten(1)
     for layer in layers:
-        lower, upper = layer.bounds(lower, upper)
+        lower, upper = cast(LpDistLinear, layer).bounds(lower, upper)  # ModuleList yields nn.Module
     return lower, upper
 
 

@@ -35,7 +35,7 @@ __all__ = ["METHODS", "CertificationMethod", "MethodOption", "OptionError", "Row
            "method_for"]
 
 
-def default_method(kind: str) -> type[CertificationMethod]:
+def default_method(kind: str | None) -> type[CertificationMethod]:
     """The method a checkpoint of this certification kind gets when none is named."""
     for method in METHODS.values():
         if kind in method.kinds:

@@ -33,7 +33,7 @@ class ArchSpec:
 
     build: Callable[..., nn.Module]  # (num_classes, input_shape, **kwargs) -> nn.Module
     summary: str
-    accepts: Callable[[Shape], bool] = lambda shape: True
+    accepts: Callable[[tuple[int, ...]], bool] = lambda shape: True
     accepts_text: str = "any input shape"
     # (mean, std) this architecture trains with on a dataset; None: the dataset's own statistics.
     normalization: Callable[[DatasetInfo], tuple[tuple[float, ...], tuple[float, ...]]] | None = None

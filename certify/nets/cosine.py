@@ -31,7 +31,7 @@ class NormedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear | NormedLinear]:
     """(parent, attribute, head): the last ``nn.Linear`` or ``NormedLinear`` in ``model``, which
     maps the penultimate features to the logits in every non-ℓ∞ architecture here."""
     found = None

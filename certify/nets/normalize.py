@@ -17,6 +17,9 @@ class NormalizeLayer(nn.Module):
     dict (the checkpoint records mean/std as plain values), which keeps reference checkpoints loadable.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         if len(mean) != len(std):

@@ -168,15 +168,19 @@ class LabelLoss:
         """UniMix the batch (when enabled and active this epoch), else return it as it is."""
         if self.unimix is None:
             return x, y
+        assert self.counts is not None  # UniMix needs counts: set_class_counts comes first
         return self.unimix(x, y, self.counts)
 
     def per_example(self, logits: Tensor, y: Tensor) -> Tensor:
         """The unweighted loss of each example against integer labels ``y``."""
         if self.loss == "ldam":
+            assert self.margins is not None  # set_class_counts sets them for ldam
             logits = ldam_logits(logits, y, self.margins, self.ldam_s)
         elif self.loss == "vs":
+            assert self.counts is not None  # a count loss: set_class_counts comes first
             logits = vs_logits(logits, self.counts, self.vs_gamma, self.vs_tau)
         elif self.loss == "bayias":
+            assert self.counts is not None  # a count loss: set_class_counts comes first
             logits = bayias_logits(logits, self.counts)
         if self.loss == "alpha":
             return alpha_loss(logits, y, self.alpha, reduction="none")
@@ -188,24 +192,29 @@ class LabelLoss:
         if self.loss == "cals":
             if self.cals is None:
                 self.cals = CALSMultipliers(logits.shape[1], margin=self.cals_margin)
+            assert isinstance(targets, Tensor)  # cals excludes unimix, so its batches are never mixed
             return self.cals.loss(logits, targets)
         weights = self.reweighting.current
         # A mixed batch is λ·(label a) + (1 − λ)·(label b), each label with its own class weight.
+        parts: list[tuple[Tensor | None, Tensor]]
         if isinstance(targets, MixedTargets):
             lam = targets.lam.to(logits.dtype)
             parts = [(lam, targets.y_a), (1 - lam, targets.y_b)]
         else:
             parts = [(None, targets)]
-        losses = mass = 0
+        losses: Tensor | int = 0
+        mass: Tensor | int = 0
         for coef, y in parts:
             w = None if weights is None else weights.to(logits)[y]
             term = self.per_example(logits, y) if w is None else w * self.per_example(logits, y)
             losses = losses + (term if coef is None else coef * term)
             if w is not None:
                 mass = mass + (w if coef is None else coef * w)
+        assert isinstance(losses, Tensor)  # parts is never empty
         if self.absgd is not None:  # ABSGD re-weights the class-weighted per-example losses
             return self.absgd.reduce(losses)
         if weights is not None and self.reweighting.reduction == "weighted":
+            assert isinstance(mass, Tensor)  # with weights, every part added to it
             return losses.sum() / mass.sum()  # F.cross_entropy(weight=)'s mean, per mixed label
         return losses.mean()
 
@@ -220,6 +229,7 @@ class LabelLoss:
         from torch.utils.data import DataLoader
 
         if self.reweighting.needs_validation:
+            assert self.counts is not None  # set_class_counts comes first
             self.reweighting.update(class_difficulty(model, validation, len(self.counts), device))
         if self.loss != "cals":
             return

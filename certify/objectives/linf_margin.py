@@ -10,13 +10,14 @@ only a true bound at p = ∞ (the reference's "certified (fake)").
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certify.linf_dist.certifier import input_std, split_model
 from certify.linf_dist.layers import set_p
+from certify.linf_dist.nets import LinfDistHybrid
 from certify.linf_dist.schedules import lambda_at, p_at, ramp
 from certify.objectives.base import Objective
 from certify.params import Param, ParamError
@@ -185,9 +186,10 @@ class LinfHybridCE(_LinfObjective):
         if model is not split_model(model) and hasattr(model, "module"):
             raise ParamError("objective", "linf_hybrid_ce does not run under torchrun yet")
         normalize = split_model(model)[0]
-        features = net.features(normalize(x))
-        logits = net.head(features)
-        worst = -net.head.margin_lower_bounds(features - eps, features + eps, y)  # res_j, res_y = 0
+        hybrid = cast(LinfDistHybrid, net)  # the net with a head (checked above): the hybrid
+        features = hybrid.features(normalize(x))
+        logits = hybrid.head(features)
+        worst = -hybrid.head.margin_lower_bounds(features - eps, features + eps, y)  # res_j, res_y = 0
         robust, clean = F.cross_entropy(worst, y), F.cross_entropy(logits, y)
         loss = self.kappa * robust + (1.0 - self.kappa) * clean
         return loss, {"robust_ce": robust.item(), "ce": clean.item(),

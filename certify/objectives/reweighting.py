@@ -74,8 +74,10 @@ class ClassReweighting:
             self.current = None
         elif self.rule == "cdb":
             d = self.difficulty
+            assert d is not None  # set at set_class_counts (or load_state_dict)
             self.current = cdb_weights(d, cdb_tau(d, self.tau), self.floor)
         elif self.rule == "cb" or epoch >= self.drw_epoch:
+            assert self.counts is not None  # set_class_counts comes first
             self.current = class_balanced_weights(self.counts, self.beta)
         else:
             self.current = None

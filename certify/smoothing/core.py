@@ -120,7 +120,7 @@ def check_smoothing(num_classes: int, sigma: float, precision: str) -> None:
 
 def check_counts(**counts: int) -> list[int]:
     """The counts as Python ints (numpy integers accepted), or ValueError naming the first bad one."""
-    checked = []
+    checked: list[int] = []
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

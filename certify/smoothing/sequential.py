@@ -123,7 +123,9 @@ class SequentialSmooth:
                     pool.append(_Pending(x=item[0], generator=item[1], need=n0,
                                          votes=[0] * self.num_classes))
             while pool and pool[0].result is not None:
-                yield pool.pop(0).result
+                done = pool.pop(0).result
+                assert done is not None  # the loop condition checked it
+                yield done
             if not pool:
                 return
             self._run_batch([p for p in pool if p.result is None], rule, batch_size)
@@ -156,14 +158,14 @@ class SequentialSmooth:
             owner = torch.tensor(owners, device=x0.device)
             counts = torch.bincount(owner * self.num_classes + votes,
                                     minlength=len(active) * self.num_classes)
-        counts = counts.view(len(active), self.num_classes).tolist()  # the batch's one host sync
+        per_input: list[list[int]] = counts.view(len(active), self.num_classes).tolist()  # the batch's one host sync
         seconds = time.perf_counter() - start
         for slot, item in enumerate(active):
             if item.in_flight == 0:
                 continue
             item.seconds += seconds * item.in_flight / filled
             item.in_flight = 0
-            item.votes = [a + b for a, b in zip(item.votes, counts[slot], strict=True)]
+            item.votes = [a + b for a, b in zip(item.votes, per_input[slot], strict=True)]
             if item.need == 0:
                 self._end_round(item, rule)
 

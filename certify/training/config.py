@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certify.params import Param, ParamError, resolve
 from certify.training.data import DATA_OPTIONS
@@ -70,6 +70,9 @@ class Settings:
 
     def __getattr__(self, name: str) -> Any:  # only reached for a name that is not an option
         raise AttributeError(f"no training option {name!r} in this section")
+
+    if TYPE_CHECKING:  # options are set as attributes too (object's own __setattr__ at runtime)
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def __repr__(self) -> str:
         return f"Settings({self.__dict__!r})"

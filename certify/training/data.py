@@ -3,7 +3,8 @@ noisy labels, held-out validation), which augmentation; and the loading that fol
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 from torch.utils.data import Subset
 
@@ -43,8 +44,9 @@ def load_training_data(settings: Any, info: Any, seed: int) -> tuple[TrainingDat
     """The training view (its ``train`` split augmented) and the first ``eval_count`` test images."""
     from certify.data import load_dataset
 
-    train_set = load_dataset(settings.dataset, "train", data_dir=settings.data_dir,
-                             augment=settings.augment == "dataset")
+    # Any: a dataset with a settable .transform, which torch's Dataset type does not declare
+    train_set: Any = load_dataset(settings.dataset, "train", data_dir=settings.data_dir,
+                                  augment=settings.augment == "dataset")
     if settings.augment.startswith("crop-"):
         train_set.transform = crop_augmentation(info, edge=settings.augment == "crop-edge")
     test_set = load_dataset(settings.dataset, "test", data_dir=settings.data_dir)
@@ -55,6 +57,6 @@ def load_training_data(settings: Any, info: Any, seed: int) -> tuple[TrainingDat
                                  balanced_val=settings.balanced_val,
                                  imbalance_seed=settings.imbalance_seed)
     count = settings.eval_count
-    if count is not None and count < len(test_set):
+    if count is not None and count < len(cast(Sized, test_set)):  # loaded datasets have a length
         test_set = Subset(test_set, range(count))
     return data, test_set

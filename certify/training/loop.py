@@ -18,10 +18,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -185,7 +185,9 @@ def _loader(train_set: Any, config: TrainConfig, epoch: int, sampler: Distribute
     or, with per-example ``weights``, as many draws with replacement as the split has images."""
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     if weights is not None:
-        drawn = WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+        # torch's stub says Sequence[float]; the sampler takes a Tensor (torch.as_tensor)
+        drawn = WeightedRandomSampler(cast(Sequence[float], weights), len(weights), replacement=True,
+                                      generator=generator)
         return DataLoader(train_set, batch_size=config.batch_size, sampler=drawn,
                           num_workers=config.workers, drop_last=False)
     if sampler is not None:
@@ -270,7 +272,8 @@ def evaluate(model: nn.Module, dataset: Any, check: Any, device: torch.device,
     (``check``: a :class:`certify.methods.base.EpochCheck`, or None)."""
     model.eval()
     clean = total = 0
-    class_hits = class_total = 0
+    class_hits: torch.Tensor | int = 0
+    class_total: torch.Tensor | int = 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
         x, y = x.to(device), y.to(device)
         logits = model(x)
@@ -281,7 +284,9 @@ def evaluate(model: nn.Module, dataset: Any, check: Any, device: torch.device,
         if check is not None:
             check.update(x, y, logits)
         total += len(y)
-    metrics = {"test_acc": round(clean / total, 5),
+    test_acc = round(clean / total, 5)
+    assert isinstance(class_hits, torch.Tensor) and isinstance(class_total, torch.Tensor)  # a batch ran
+    metrics = {"test_acc": test_acc,
                # balanced: the mean recall over the classes present
                "test_balanced_acc": round((class_hits / class_total)[class_total > 0].mean().item(), 5)}
     return metrics | (check.result() if check is not None else {})

@@ -7,6 +7,7 @@ A recipe has a description, its source (paper, docs section), a ``[config]`` tab
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,10 @@ from typing import Any
 from certify.errors import UserError
 from certify.training.config import TrainConfig
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 __all__ = ["Recipe", "available_recipes", "load_recipe", "recipe_dir"]
 

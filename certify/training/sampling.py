@@ -81,8 +81,10 @@ class ExampleSampling(TrainingComponent):
 
     def example_weights(self) -> Tensor | None:
         if self.rule == "class-balanced":
+            assert self.targets is not None  # setup set them for this rule
             return class_balanced_example_weights(self.targets, self.counts)
         if self.rule == "cdb":
+            assert self.targets is not None  # setup set them for this rule
             return cdb_example_weights(self.targets, self.counts, self.difficulty, self.tau, self.floor)
         return None
 

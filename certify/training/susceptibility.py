@@ -65,23 +65,23 @@ class _Snapshot:
             current[name].copy_(saved)
         for m, mode in zip(model.modules(), self.training):
             m.training = mode
-        for p in list(optimizer.state):
-            if p not in self.opt_state:
-                del optimizer.state[p]  # state the random step created from nothing
-        for p, saved in self.opt_state.items():
-            state = optimizer.state[p]
+        for key in list(optimizer.state):
+            if key not in self.opt_state:
+                del optimizer.state[key]  # state the random step created from nothing
+        for key, saved_state in self.opt_state.items():
+            state = optimizer.state[key]
             for k in list(state):
-                if k not in saved:
+                if k not in saved_state:
                     del state[k]
-            for k, v in saved.items():
+            for k, v in saved_state.items():
                 cur = state.get(k)
                 if isinstance(v, Tensor) and isinstance(cur, Tensor) and cur.shape == v.shape \
                         and cur.dtype == v.dtype:
                     cur.copy_(v)  # in place: keeps any outside reference to the tensor valid
                 else:
                     state[k] = v.clone() if isinstance(v, Tensor) else copy.deepcopy(v)
-        for group, saved in zip(optimizer.param_groups, self.groups):
-            group.update(copy.deepcopy(saved))
+        for group, saved_group in zip(optimizer.param_groups, self.groups):
+            group.update(copy.deepcopy(saved_group))
         for a, v in self.opt_attrs.items():
             if v is _ABSENT:
                 if a in vars(optimizer):

@@ -104,6 +104,7 @@ def prepare_training_data(train_set: Any, dataset: str, num_classes: int, label_
     data = TrainingData(train, validation, record, long_tail=long_tail,
                         class_counts=torch.bincount(targets, minlength=num_classes).tolist())
     if flipped_all is not None:
+        assert clean is not None  # the noise that set flipped_all kept the clean labels
         inside = flipped_all[torch.isin(flipped_all, indices)]
         data.flipped = Subset(plain, inside.tolist())
         data.clean_targets = clean[inside]
@@ -123,7 +124,8 @@ def training_targets(data: TrainingData) -> Tensor:
     """The labels of ``data.train`` in its order (what a sampler weights by)."""
     train = data.train
     if isinstance(train, Subset):
-        return torch.as_tensor(train.dataset.targets)[torch.as_tensor(train.indices)]
+        base: Any = train.dataset  # a dataset with .targets, which torch's Dataset type does not declare
+        return torch.as_tensor(base.targets)[torch.as_tensor(train.indices)]
     return torch.as_tensor(train.targets)
 
 
@@ -157,5 +159,6 @@ def memorization(model: nn.Module, data: TrainingData, device: torch.device) -> 
     predictions = torch.cat([model(x.to(device)).argmax(1).cpu()
                              for x, _ in DataLoader(data.flipped, batch_size=1000)])
     noisy = torch.tensor([data.flipped.dataset.targets[i] for i in data.flipped.indices])
+    assert data.clean_targets is not None  # prepare_training_data sets it with flipped
     return {"flipped_fit_noisy": round((predictions == noisy).float().mean().item(), 5),
             "flipped_fit_clean": round((predictions == data.clean_targets).float().mean().item(), 5)}
