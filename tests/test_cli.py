@@ -265,3 +265,44 @@ def test_more_bad_run_options(extra, message, small_checkpoint, fake_fmnist, tmp
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert out.read_text() == before
+
+
+def test_top_level_help_imports_no_torch():
+    """'certify --help' lists the commands from a table, importing none of their modules."""
+    code = ("import sys\nfrom certify.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'"
+            " or m.startswith('certify.cli.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Commands:" in done.stdout and "train" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_command_table_matches_the_commands():
+    """The lazy listing names every command once, with the first paragraph of its own help."""
+    import importlib
+
+    from certify.cli import COMMAND_MODULES
+
+    modules = {module for module, _ in COMMAND_MODULES.values()}
+    commands = {c.name: c for m in modules for c in importlib.import_module(m).COMMANDS}
+    assert set(commands) == set(COMMAND_MODULES)
+    for name, (_, summary) in COMMAND_MODULES.items():
+        assert summary == " ".join(commands[name].help.strip().split("\n\n")[0].split()), name
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_in_one_line_and_exit_130(tmp_path):
+    """An interrupt at any moment of a run is one line on stderr and exit code 130, no traceback."""
+    import signal
+    import time
+
+    ckpt = Path(__file__).parents[1] / "models" / "fashion-mnist-lenet-sigma0.25.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "certify.cli", "run", str(ckpt), "--out",
+                             str(tmp_path / "r.tsv"), "--n", "100000", "--count", "50", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # torch imported, certifying
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")

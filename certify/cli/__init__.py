@@ -13,8 +13,62 @@ import click
 from certify import __version__
 from certify.errors import UserError
 
+# Each command: its module (imported only when the command runs or shows its own help, so that
+# 'certify --help' answers without importing torch) and the first paragraph of its help, which the
+# listing shortens (a test checks it against the command's own).
+COMMAND_MODULES: dict[str, tuple[str, str]] = {
+    "run": ("certify.cli.run",
+        "Certify CHECKPOINT on a dataset split: a prediction and a certified radius per "
+        "example."),
+    "merge": ("certify.cli.run",
+        "Join the TSV files of 'certify run --shard' into the rows of one run (sorted by "
+        "index)."),
+    "plot": ("certify.cli.plot",
+        "Plot certified accuracy vs radius for RESULTS files, one line each, and print a "
+        "table."),
+    "train": ("certify.cli.train",
+        "Train a model that 'certify run' can certify."),
+    "eval": ("certify.cli.evaluate",
+        "Accuracy, balanced and per-class accuracy, ECE and classwise ECE (15 bins), and "
+        "top-k against average-k sets, for CHECKPOINT on a dataset split."),
+    "quickstart": ("certify.cli.quickstart",
+        "Train (or reuse) a Fashion-MNIST model, certify test images, plot certified "
+        "accuracy."),
+    "info": ("certify.cli.inspect",
+        "Show what CHECKPOINT records: architecture, data, certification, training and "
+        "metrics."),
+    "ladc": ("certify.cli.ladc",
+        "Label-aware distribution calibration (LADC): retrain CHECKPOINT's last layer on a "
+        "rebalanced feature set, keeping the rest of the network."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class _LazyGroup(click.Group):
+    """Imports a command's module only when that command is looked up for running or for its help."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMAND_MODULES:
+            return None
+        import importlib
+
+        module = importlib.import_module(COMMAND_MODULES[name][0])
+        return next(c for c in module.COMMANDS if c.name == name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from click.utils import make_default_short_help
+
+        limit = formatter.width - 6 - max(map(len, COMMAND_MODULES))
+        rows = [(name, make_default_short_help(summary, limit))
+                for name, (_, summary) in COMMAND_MODULES.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="certify")
 def cli() -> None:
     """Train robust image classifiers and prove how robust they are.
@@ -57,13 +111,3 @@ def _fail(message: str) -> None:
     click.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(2)
 
-
-def _register() -> None:
-    from certify.cli import evaluate, inspect, ladc, plot, quickstart, run, train
-
-    for module in (run, plot, train, evaluate, quickstart, inspect, ladc):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
