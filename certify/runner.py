@@ -21,6 +21,7 @@ import torch
 import certify
 from certify.checkpoint import load_checkpoint
 from certify.errors import UserError
+from certify.locks import output_lock
 from certify.methods import CertificationMethod, RunContext, default_method, make_method
 from certify.results import (
     ResultWriter,
@@ -82,7 +83,13 @@ def select_indices(total: int, skip: int = 1, count: int | None = None,
 
 
 def run_certification(spec: RunSpec, progress: bool = True) -> Path:
-    """Certify the selected examples of ``spec.split`` into ``spec.out`` (+ its JSON sidecar)."""
+    """Certify the selected examples of ``spec.split`` into ``spec.out`` (+ its JSON sidecar),
+    holding ``spec.out``'s lock throughout (a second process writing it stops at once)."""
+    with output_lock(spec.out):
+        return _run_certification(spec, progress)
+
+
+def _run_certification(spec: RunSpec, progress: bool) -> Path:
     from certify.data import load_dataset
 
     out = Path(spec.out)
@@ -175,7 +182,8 @@ def merge_runs(shards: list[Path], out: Path) -> None:
     defaults = _older_sidecar_defaults(first)
     method = METHODS.get(first.get("method", defaults.get("method", "")))
     ignore = method.rows_ignore if method and first.get("device_type") == "cpu" else ()
-    merge_results(shards, out, rows_ignore=ignore, defaults=defaults)
+    with output_lock(out):
+        merge_results(shards, out, rows_ignore=ignore, defaults=defaults)
 
 
 def _older_sidecar_defaults(sidecar: dict[str, Any]) -> dict[str, Any]:

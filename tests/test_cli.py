@@ -306,3 +306,61 @@ def test_ctrl_c_ends_in_one_line_and_exit_130(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")
+
+
+def _hold_lock(out: Path) -> subprocess.Popen:
+    """A process that holds OUT's lock until killed (it prints once it does)."""
+    code = (f"import sys, time\nfrom certify.locks import output_lock\nwith output_lock({str(out)!r}):\n"
+            "    print('locked', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tmp_path, capsys, fake_fmnist):
+    """train, run, merge and ladc each hold their output's lock: while another process holds it,
+    they stop at once with its PID, and write nothing."""
+    out = tmp_path / "m.pt"
+    holder = _hold_lock(out)
+    try:
+        assert cli("train", "--epochs", "1", "--train-count", "16", "--device", "cpu",
+                   "--data-dir", fake_fmnist, "--quiet", "--out", out) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by PID {holder.pid}" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+        ckpt = Path(__file__).parents[1] / "models" / "fashion-mnist-lenet-sigma0.25.pt"
+        assert cli("ladc", ckpt, "--out", out) == 2
+        assert f"is in use by PID {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_file(tmp_path):
+    """The second 'certify run --resume' on a file another run is writing exits 2 with the first
+    one's PID; the first one's rows are untouched and its lock file goes when it ends."""
+    import signal
+    import time
+
+    from certify.locks import lock_path
+
+    ckpt = Path(__file__).parents[1] / "models" / "fashion-mnist-lenet-sigma0.25.pt"
+    out = tmp_path / "r.tsv"
+    command = [sys.executable, "-m", "certify.cli", "run", str(ckpt), "--out", str(out), "--n", "100000",
+               "--count", "40", "--quiet"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not lock_path(out).exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"is in use by PID {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert first.returncode == 130
+    assert not lock_path(out).exists()
+    indices = [line.split("\t")[0] for line in out.read_text().splitlines()[1:]]
+    assert len(indices) == len(set(indices))

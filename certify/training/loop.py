@@ -15,7 +15,6 @@ and writes the checkpoint and the JSON-lines log while the others wait at a barr
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,8 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from certify.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from certify.errors import UserError
 from certify.fsutil import atomic_write_text
+from certify.jsonutil import strict_dumps
+from certify.locks import output_lock
 from certify.objectives import make_objective
 from certify.objectives.base import Objective
 from certify.training import distributed
@@ -64,9 +65,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command
         config.model.arch_kwargs = {**config.arch_kwargs, **overrides}
     dist_info, device = distributed.init_from_env(config.device)
     try:
-        return _train(config, out, objective, dist_info, device, resume=resume, command=command,
-                      progress=progress and dist_info.is_main,
-                      log=log if dist_info.is_main else _silent, log_path=log_path)
+        with output_lock(out) if dist_info.is_main else nullcontext():  # rank 0 writes OUT
+            return _train(config, out, objective, dist_info, device, resume=resume, command=command,
+                          progress=progress and dist_info.is_main,
+                          log=log if dist_info.is_main else _silent, log_path=log_path)
     finally:
         distributed.cleanup(dist_info)
 
@@ -334,9 +336,8 @@ def _line_epoch(line: str) -> int:
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     """One strict-JSON line (NaN/inf become null), flushed to disk before the checkpoint is written."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(clean) + "\n")
+        f.write(strict_dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
