@@ -302,3 +302,29 @@ def test_every_committed_checkpoint_rebuilds_its_config_and_objective():
         assert config.record() == defaults | stored, path.name
         objective = make_objective(config.objective, **config.objective_params)
         assert objective.certification() == ckpt.certification, path.name
+
+
+def test_resume_takes_the_settings_from_the_checkpoint_and_force_starts_afresh(fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    first = ["--arch", "small_cnn", "--arch-opt", "width=4", "--arch-opt", "hidden=16", "--lr", "0.05",
+             "--sigma", "0.3", "--batch", "8", "--train-count", "16", "--eval-count", "12"]
+    common = ["--device", "cpu", "--data-dir", fake_fmnist, "--quiet", "--out", out]
+    assert cli("train", *first, "--epochs", "1", *common) == 0
+    # no flag but --resume (and a longer run): every setting comes from OUT
+    assert cli("train", "--resume", "--epochs", "2", *common) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.epoch == 2 and ckpt.certification == {"kind": "smoothing", "sigma": 0.3}
+    config = ckpt.training["config"]
+    assert (config["lr"], config["batch_size"], config["arch_kwargs"]) == (0.05, 8, {"width": 4, "hidden": 16})
+    # a typed flag that differs is refused, naming the difference
+    capsys.readouterr()
+    assert cli("train", "--resume", "--epochs", "3", "--lr", "0.1", *common) == 2
+    assert "lr=0.05 not 0.1" in capsys.readouterr().err
+    assert cli("train", "--resume", "--force", *common) == 2
+    assert cli("train", "--epochs", "1", *common) == 2  # exists: neither --resume nor --force
+    assert "--force" in capsys.readouterr().err
+    assert cli("train", "--force", "--epochs", "1", "--batch", "8", "--train-count", "16",
+               "--eval-count", "12", *common) == 0  # afresh, with the defaults (lenet, σ = 0.25)
+    ckpt = load_checkpoint(out)
+    assert ckpt.epoch == 1 and ckpt.arch == "lenet" and ckpt.certification["sigma"] == 0.25
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "m.jsonl")] == [1]

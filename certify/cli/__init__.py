@@ -58,13 +58,18 @@ class _LazyGroup(click.Group):
         return next(c for c in module.COMMANDS if c.name == name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from click.utils import make_default_short_help
-
         limit = formatter.width - 6 - max(map(len, COMMAND_MODULES))
-        rows = [(name, make_default_short_help(summary, limit))
-                for name, (_, summary) in COMMAND_MODULES.items()]
+        rows = [(name, _shorten(summary, limit)) for name, (_, summary) in COMMAND_MODULES.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """The first sentence of ``text``, cut at a word to fit ``limit`` characters (with "...")."""
+    sentence = text.split(". ")[0].rstrip(".") + "."
+    if len(sentence) <= limit:
+        return sentence
+    return sentence[:limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
 
 
 @click.group(cls=_LazyGroup,

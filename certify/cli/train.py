@@ -122,14 +122,15 @@ def _list_recipes(ctx: click.Context, param: click.Parameter, value: bool) -> No
     ctx.exit(0)
 
 
-def _apply_recipe(ctx: click.Context, recipe: Recipe, values: dict[str, Any]) -> None:
-    """Fill ``values`` from ``recipe`` wherever the user typed nothing (the default stands otherwise)."""
+def _apply_recipe(ctx: click.Context, recipe: Recipe, values: dict[str, Any]) -> set[str]:
+    """Fill ``values`` from ``recipe`` wherever the user typed nothing; returns the names filled."""
     tables: dict[str, dict[str, Param | None]] = {"config": {**SECTION_OPTIONS, "objective": None},
               "objective": {name: p for name, (p, _) in OBJECTIVE_OPTIONS.items()}}
     unknown = [f"{table}.{key}" for table, known in tables.items()
                for key in getattr(recipe, table) if key not in known]
     if unknown:
         raise UserError(f"recipe {recipe.name}: keys with no train option: {', '.join(unknown)}")
+    filled = set()
     for table, known in tables.items():
         for key, value in getattr(recipe, table).items():
             if ctx.get_parameter_source(key) not in (ParameterSource.DEFAULT,
@@ -143,6 +144,25 @@ def _apply_recipe(ctx: click.Context, recipe: Recipe, values: dict[str, Any]) ->
                     raise UserError(f"recipe {recipe.name}: {table}.{key} = {value!r}: "
                                     f"{err.message}") from None
             values[key] = value
+            filled.add(key)
+    return filled
+
+
+def _fill_from_checkpoint(ctx: click.Context, out: Path, values: dict[str, Any], filled: set[str]) -> None:
+    """--resume: every option neither typed nor set by a recipe takes the value OUT was trained
+    with (so a resumed run needs no flag but --resume; a typed one that differs is refused later,
+    naming the difference). Where to run (--device, --data-dir) is not taken over."""
+    from certify.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(out).training.get("config", {})
+    untouched = [name for name in ("objective", *SECTION_OPTIONS, *OBJECTIVE_OPTIONS)
+                 if name not in filled and ctx.get_parameter_source(name) is ParameterSource.DEFAULT]
+    given = dict(stored.get("objective_params", {}))
+    for name in untouched:
+        if name in OBJECTIVE_OPTIONS:
+            values[name] = given.get(name)
+        elif name in stored:
+            values[name] = stored[name]
 
 
 def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
@@ -177,11 +197,13 @@ def _objective_params(ctx: click.Context, values: dict[str, Any]) -> dict[str, A
 @click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON-lines log, one object per epoch, appended (default: OUT with suffix .jsonl).")
 @click.option("--resume", is_flag=True,
-              help="Continue OUT where it stopped (same settings; --epochs may grow).")
+              help="Continue OUT where it stopped, with the settings it records (flags you type must "
+                   "agree, except --epochs, --device, --workers, --data-dir, --channels-last).")
+@click.option("--force", is_flag=True, help="Train OUT afresh even if it exists (its log is restarted).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
 def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: Path | None, resume: bool,
-                  quiet: bool, device: str, data_dir: str | None, **values: Any) -> None:
+                  force: bool, quiet: bool, device: str, data_dir: str | None, **values: Any) -> None:
     """Train a model that 'certify run' can certify.
 
     Defaults are those of the randomized-smoothing reference (SGD, lr 0.1, momentum 0.9, weight
@@ -211,17 +233,24 @@ def train_command(ctx: click.Context, recipe: str | None, out: Path, log_path: P
     from certify.training import train
     from certify.training.distributed import env_info
 
-    if recipe is not None:
-        _apply_recipe(ctx, load_recipe(recipe), values)
-    if out.exists() and not resume:
-        raise UserError(f"{out} exists: pass --resume to continue training it, or choose another --out")
+    if resume and force:
+        raise UserError("--resume and --force contradict each other: choose one")
+    filled = _apply_recipe(ctx, load_recipe(recipe), values) if recipe is not None else set()
+    if out.exists() and not (resume or force):
+        raise UserError(f"{out} exists: pass --resume to continue training it, --force to train it "
+                        f"afresh, or choose another --out")
+    if resume and out.exists():
+        _fill_from_checkpoint(ctx, out, values, filled)
+    log_path = log_path if log_path is not None else out.with_suffix(".jsonl")
+    if force and log_path.exists():
+        log_path.unlink()  # the new run's epochs must not follow the old run's
     config = TrainConfig(objective=values["objective"], objective_params=_objective_params(ctx, values),
                          device=str(pick_device(device)), data_dir=data_dir,
                          **{name: values[name] for name in SECTION_OPTIONS})
     try:
         ckpt = train(config, out, resume=resume, command=command_line(), progress=not quiet,
                      log=lambda line: click.echo(line, err=True),
-                     log_path=log_path if log_path is not None else out.with_suffix(".jsonl"))
+                     log_path=log_path)
     except ParamError as err:
         raise flag_error(err, FLAGS) from None
     if env_info().is_main:
