@@ -254,7 +254,7 @@ def test_resume_without_sidecar_is_refused(small_checkpoint, fake_fmnist, tmp_pa
 @pytest.mark.parametrize("extra, message", [
     (["--force", "--seed", "-1"], "--seed"),
     (["--force", "--device", "mps"], "cpu or cuda"),
-    (["--resume", "--batch", "100"], "batch=64"),  # the noise stream may depend on it
+    (["--resume", "--n", "300"], "n=200"),
 ])
 def test_more_bad_run_options(extra, message, small_checkpoint, fake_fmnist, tmp_path, capsys):
     out = tmp_path / "r.tsv"
@@ -364,3 +364,16 @@ def test_two_concurrent_runs_on_one_file(tmp_path):
     assert not lock_path(out).exists()
     indices = [line.split("\t")[0] for line in out.read_text().splitlines()[1:]]
     assert len(indices) == len(set(indices))
+
+
+def test_cohen_resume_on_the_cpu_accepts_another_batch(small_checkpoint, fake_fmnist, tmp_path):
+    """On the CPU cohen's rows do not depend on --batch (28×28 inputs), so --resume accepts a new
+    one, and the resumed file has the rows of a straight run."""
+    straight, resumed = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    assert cli(*run_args(small_checkpoint, straight, fake_fmnist, "--count", "4")) == 0
+    assert cli(*run_args(small_checkpoint, resumed, fake_fmnist, "--count", "4")) == 0
+    lines = resumed.read_text().splitlines(keepends=True)
+    resumed.write_text("".join(lines[:3]))  # as if interrupted after two images
+    assert cli(*run_args(small_checkpoint, resumed, fake_fmnist, "--count", "4", "--resume",
+                         "--batch", "100")) == 0
+    assert rows_without_time(resumed) == rows_without_time(straight)

@@ -22,6 +22,7 @@ from certify.errors import UserError
 from certify.methods import (
     METHODS,
     CertificationMethod,
+    Cohen,
     RunContext,
     Sequential,
     all_options,
@@ -312,6 +313,18 @@ def test_default_radii_are_reachable_by_the_last_round():
     # σ·Φ⁻¹((¾α)^(1/N)) = 0.998 at σ = 0.2625: radius 1.0 would be a column of zeros
     assert StoppingRule(0.2625, 0.001, 100_000).radii == (0.25, 0.5, 0.75)
     assert StoppingRule(0.5, 0.001, 100_000).radii == (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def test_cohen_keeps_batch_for_resume_where_its_noise_depends_on_it():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    settings = Cohen.resolve({})
+    cert = {"kind": "smoothing", "sigma": 0.25}
+    mnist = SimpleNamespace(certification=cert, num_classes=10, input_shape=(1, 28, 28))
+    odd = SimpleNamespace(certification=cert, num_classes=10, input_shape=(1, 5, 5))
+    assert "batch" not in Cohen(mnist, model, settings, RunContext()).must_match()
+    assert "batch" in Cohen(odd, model, settings, RunContext()).must_match()
+    gpu = RunContext(device=torch.device("cuda"))
+    assert "batch" in Cohen(mnist, model, settings, gpu).must_match()
 
 
 def test_sequential_keeps_batch_on_a_gpu_for_resume():

@@ -73,9 +73,10 @@ def _method_names() -> list[str]:
 @_method_options
 @click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Inputs per forward pass (noisy copies for smoothing, images for ℓ∞-dist nets). "
-                   "On the CPU cohen's rows do not depend on it for the built-in datasets (inputs of "
-                   "a multiple of 16 values); on a GPU cohen's noise stream does, so --resume and "
-                   "merge require the same value. sequential's rows never depend on it.")
+                   "On the CPU cohen's rows do not depend on it for inputs of a multiple of 16 values "
+                   "(every built-in dataset), so --resume accepts another value; on a GPU cohen's "
+                   "noise stream does, so --resume and merge require the same value. sequential's "
+                   "rows never depend on it.")
 @seed_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted OUT without repeating a row.")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")

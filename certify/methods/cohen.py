@@ -6,6 +6,7 @@ radius σ·Φ⁻¹(bound). The default for smoothing checkpoints; its rows are t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -54,8 +55,7 @@ class Cohen(CertificationMethod):
     kinds = ("smoothing",)
     norm = "l2"
     options = SMOOTHING_OPTIONS
-    # on a GPU the noise stream depends on the batch size, so a resumed run must keep it
-    resume_keys = ("sigma", "n0", "n", "alpha", "precision", "batch")
+    resume_keys = ("sigma", "n0", "n", "alpha", "precision")
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -67,6 +67,14 @@ class Cohen(CertificationMethod):
     def epoch_check(cls, model: nn.Module, certification: Mapping[str, Any], device: torch.device,
                     seed: int) -> EpochCheck | None:
         return NoisyAccuracy(model, float(certification["sigma"]), device, seed)
+
+    def must_match(self) -> tuple[str, ...]:
+        """A resumed run must keep --batch where the noise stream depends on it: on a GPU, and on
+        the CPU for inputs whose size is not a multiple of 16 (there torch fills a tensor of that
+        many values in 16-value blocks, so the stream is the same however it is batched)."""
+        values = math.prod(self.ckpt.input_shape)
+        batch_free = self.context.device.type == "cpu" and values % 16 == 0
+        return self.resume_keys + (() if batch_free else ("batch",))
 
     def certify_stream(self, examples: Iterable[tuple[int, torch.Tensor]]) -> Iterator[Row]:
         s, ctx = self.settings, self.context
