@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import socket
+import sys
 import time
 from collections.abc import Sized
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ def _run_certification(spec: RunSpec, progress: bool) -> Path:
         raise UserError(f"{out} exists: pass --resume to continue it, --force to overwrite it, "
                         f"or choose another --out")
     ckpt = load_checkpoint(spec.checkpoint, dataset=spec.dataset, sigma=spec.sigma)
+    trained_sigma = _trained_sigma(ckpt, spec.sigma)
     ctx = spec.context
     model = ckpt.build_model(ctx.device)
     method = make_method(ckpt, model, spec.method, spec.options, ctx)
@@ -110,6 +112,7 @@ def _run_certification(spec: RunSpec, progress: bool) -> Path:
         "dataset": ckpt.dataset, "split": spec.split, "skip": spec.skip, "count": spec.count,
         "shard": f"{spec.shard[0]}/{spec.shard[1]}" if spec.shard else None,
         "examples": len(indices), **method.describe(),
+        **({"trained_sigma": trained_sigma} if trained_sigma is not None else {}),
         "device": _device_name(ctx.device), "device_type": ctx.device.type,
         "hostname": socket.gethostname(),
         "torch": torch.__version__, "python": platform.python_version(),
@@ -171,6 +174,22 @@ def _certify_rows(method: CertificationMethod, data: Any, todo: list[int], write
             bar.set_postfix(acc=f"{correct / done:.3f}", abstain=f"{abstained / done:.1%}",
                             refresh=False)
             bar.update(1)
+
+
+def _trained_sigma(ckpt: Any, sigma: float | None) -> float | None:
+    """The σ the model was trained at when --sigma certifies it at another (a note on stderr; the
+    sidecar records both); refuses --sigma for a checkpoint without a smoothing certificate."""
+    if sigma is None:
+        return None
+    if ckpt.certification.get("kind") != "smoothing":
+        raise UserError(f"--sigma applies to randomized-smoothing checkpoints; {ckpt.path} is "
+                        f"{ckpt.certification.get('kind')}")
+    trained = ckpt.training.get("config", {}).get("objective_params", {}).get("sigma")
+    if trained is None or float(trained) == float(sigma):
+        return None
+    print(f"note: {ckpt.path} was trained at σ = {trained}; certifying it at σ = {sigma} as asked "
+          f"(the sidecar records both)", file=sys.stderr)
+    return float(trained)
 
 
 def merge_runs(shards: list[Path], out: Path) -> None:

@@ -377,3 +377,32 @@ def test_cohen_resume_on_the_cpu_accepts_another_batch(small_checkpoint, fake_fm
     assert cli(*run_args(small_checkpoint, resumed, fake_fmnist, "--count", "4", "--resume",
                          "--batch", "100")) == 0
     assert rows_without_time(resumed) == rows_without_time(straight)
+
+
+def test_options_that_cannot_work_are_refused_before_any_work(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    out = tmp_path / "r.tsv"
+    # N = 9 votes of 9 bound p_A by 0.001^(1/9) = 0.46 < ½: nothing can be certified
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "1"), "--n", "9") == 2
+    err = capsys.readouterr().err
+    assert "--n: 9 samples certify no image at alpha 0.001" in err and "at least 10" in err
+    assert cli(*run_args(small_checkpoint, out, fake_fmnist, "--count", "1"), "--n", "10",
+               "--method", "sequential") == 2  # its last round has ¾α: 10 is not enough there
+    assert "at least 11" in capsys.readouterr().err
+    assert not out.exists()
+    linf = Path(__file__).parents[1] / "models" / "fmnist-linf-v2-short.pt"
+    assert cli("run", linf, "--out", out, "--data-dir", fake_fmnist, "--count", "1", "--sigma", "0.5",
+               "--quiet") == 2
+    assert "--sigma applies to randomized-smoothing checkpoints" in capsys.readouterr().err
+
+
+def test_sigma_other_than_the_trained_one_is_noted_and_recorded(small_checkpoint, fake_fmnist, tmp_path, capsys):
+    from certify.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(small_checkpoint)
+    ckpt.training = {"config": {"objective": "gaussian", "objective_params": {"sigma": 0.25}}}
+    save_checkpoint(ckpt, tmp_path / "trained.pt")
+    out = tmp_path / "r.tsv"
+    assert cli(*run_args(tmp_path / "trained.pt", out, fake_fmnist, "--count", "1"), "--sigma", "0.5") == 0
+    assert "was trained at σ = 0.25; certifying it at σ = 0.5" in capsys.readouterr().err
+    sidecar = read_sidecar(out)
+    assert sidecar["sigma"] == 0.5 and sidecar["trained_sigma"] == 0.25

@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.methods.base import CertificationMethod, EpochCheck, MethodOption, Row, example_generator
+from certify.methods.base import (
+    CertificationMethod,
+    EpochCheck,
+    MethodOption,
+    OptionError,
+    Row,
+    example_generator,
+)
 from certify.smoothing.core import PRECISIONS, Smooth
 
 # The options every smoothing method shares, written once.
@@ -29,6 +36,16 @@ PRECISION = MethodOption("precision", "fp32",
                          "dtype of the base classifier's forward; noise is always fp32.", kind=str,
                          choices=tuple(PRECISIONS))
 SMOOTHING_OPTIONS = (N0, N, ALPHA, PRECISION)
+
+
+def check_certifiable(n: int, alpha: float) -> None:
+    """Refuse an N so small that no image can be certified at level α: even N votes out of N
+    give a lower bound of α^(1/N) on p_A, which must exceed ½, so N must exceed log α / log ½."""
+    if alpha ** (1.0 / n) <= 0.5:
+        needed = math.floor(math.log(alpha) / math.log(0.5)) + 1
+        raise OptionError("n", f"{n} samples certify no image at alpha {alpha:g}: even {n} votes of "
+                               f"{n} bound p_A below α^(1/N) = {alpha ** (1.0 / n):.3f} ≤ ½; use at "
+                               f"least {needed}")
 
 
 class NoisyAccuracy(EpochCheck):
@@ -59,6 +76,7 @@ class Cohen(CertificationMethod):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        check_certifiable(self.settings["n"], self.settings["alpha"])
         self.sigma = float(self.ckpt.certification["sigma"])
         self.smooth = Smooth(self.model, self.ckpt.num_classes, self.sigma,
                              precision=self.settings["precision"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from certify.methods.base import CertificationMethod, MethodOption, Row, example_generator
-from certify.methods.cohen import SMOOTHING_OPTIONS
+from certify.methods.cohen import SMOOTHING_OPTIONS, check_certifiable
 from certify.smoothing.sequential import SequentialSmooth
 
 
@@ -49,6 +49,7 @@ class Sequential(CertificationMethod):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        check_certifiable(self.settings["n"], 0.75 * self.settings["alpha"])  # the last round's level
         s = self.settings
         self.sigma = float(self.ckpt.certification["sigma"])
         self.smooth = SequentialSmooth(self.model, self.ckpt.num_classes, self.sigma,
