@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,29 @@ class PlotSpec:
     counts_from: Path | None = None  # per class: checkpoint whose training counts label the classes
 
 
+def comparability_warnings(paths: Sequence[Path], runs: Sequence[Results]) -> list[str]:
+    """What makes these curves not the whole story or not comparable: an interrupted run, runs
+    over different images, runs with different sample counts. An empty file is refused."""
+    messages = []
+    sidecars = [read_sidecar(p) or {} for p in paths]
+    for path, run, car in zip(paths, runs, sidecars):
+        if len(run.idx) == 0:
+            raise UserError(f"{path} has no rows: there is nothing to plot")
+        if car.get("complete") is False:
+            planned = car.get("examples")
+            messages.append(f"{path} is an interrupted run ({len(run.idx)} of {planned or '?'} images); "
+                            f"finish it with its command and --resume")
+    images = [frozenset(int(i) for i in run.idx) for run in runs]
+    if len(set(images)) > 1:
+        messages.append("the runs cover different images (" + ", ".join(
+            f"{p}: {len(s)}" for p, s in zip(paths, images)) + "); compare them on a common set")
+    samples = {int(car["n"]) for car in sidecars if car.get("n") is not None}
+    if len(samples) > 1:
+        messages.append(f"the runs use different numbers of samples N ({', '.join(map(str, sorted(samples)))}): "
+                        f"the largest certifiable radius differs")
+    return messages
+
+
 def make_plot(spec: PlotSpec) -> str:
     """Draw ``spec``'s figure, write its table where asked, and return the table (Markdown).
 
@@ -215,6 +239,8 @@ def make_plot(spec: PlotSpec) -> str:
         raise UserError(f"{len(spec.labels)} --label for {len(paths)} files: give one per file or none")
     runs = [read_results(p) for p in paths]
     names = list(spec.labels) or run_names(paths)
+    for message in comparability_warnings(paths, runs):
+        print(f"warning: {message}", file=sys.stderr)
     norms = {(read_sidecar(p) or {}).get("norm", "l2") for p in paths}
     if len(norms) > 1:
         raise UserError("these files certify different norms (ℓ2 and ℓ∞): plot them separately")

@@ -22,6 +22,7 @@ import numpy as np
 
 from certify.errors import UserError
 from certify.fsutil import atomic_write_text, check_output_path
+from certify.jsonutil import strict_dumps
 
 __all__ = [
     "HEADER",
@@ -424,7 +425,7 @@ def _json_default(obj: Any) -> Any:
 def write_sidecar(tsv_path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write the sidecar atomically as stable, diff-friendly JSON (sorted keys, indent 2)."""
     p = sidecar_path(tsv_path)
-    text = json.dumps(data, sort_keys=True, indent=2, default=_json_default) + "\n"
+    text = strict_dumps(data, sort_keys=True, indent=2, default=_json_default) + "\n"  # NaN → null
     try:
         atomic_write_text(p, text)
     except OSError as e:
@@ -468,8 +469,13 @@ def _check_shard_set(shards: list[Any]) -> None:
                         f"of 0/N .. N-1/N exactly once")
 
 
+class IncompleteShard(UserError):
+    """A shard to merge is an interrupted run."""
+
+
 def _merge_sidecars(paths: list[Path], rows_ignore: Collection[str] = (),
-                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+                    defaults: Mapping[str, Any] | None = None,
+                    allow_incomplete: bool = False) -> dict[str, Any] | None:
     cars = [(p, read_sidecar(p)) for p in paths]
     cars = [(p, None if c is None else {**(defaults or {}), **c}) for p, c in cars]
     have = [p for p, c in cars if c is not None]
@@ -492,6 +498,11 @@ def _merge_sidecars(paths: list[Path], rows_ignore: Collection[str] = (),
                     f"{sidecar_path(p)} has {b!r}; these are not shards of one run"
                 )
     _check_shard_set([car.get("shard") for _, car in present])
+    interrupted = [p for p, car in present if car.get("complete") is False]
+    if interrupted and not allow_incomplete:
+        raise IncompleteShard(f"{interrupted[0]} is an interrupted run (its sidecar says complete: false): "
+                              f"finish it with its command and --resume, or merge anyway with "
+                              f"--allow-incomplete (the merged file is then marked incomplete)")
     merged = dict(first)
     merged.pop("shard", None)
     merged["merged_from"] = [str(p) for p in paths]
@@ -511,6 +522,7 @@ def _merge_sidecars(paths: list[Path], rows_ignore: Collection[str] = (),
 def merge_results(
     paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[str],
     rows_ignore: Collection[str] = (), defaults: Mapping[str, Any] | None = None,
+    allow_incomplete: bool = False,
 ) -> Results:
     """Join shard files into one table sorted by idx, rows kept byte-for-byte.
 
@@ -520,7 +532,7 @@ def merge_results(
     ``shard`` and with ``merged_from``. ``rows_ignore`` names more keys the shards may differ on
     (settings the rows do not depend on, such as ``batch`` for the sequential method on a CPU; the
     merged sidecar keeps the first shard's). ``defaults`` fills keys that older sidecars lack.
-    Both outputs are written atomically.
+    An interrupted shard is refused unless ``allow_incomplete``. Both outputs are written atomically.
     """
     if not paths:
         raise UserError("merge needs at least one results file")
@@ -556,7 +568,7 @@ def merge_results(
     values = {name: [column[k] for k in order] for name, column in values.items()}
     text = header_line + "\n" + "".join(lines[k] + "\n" for k in order)
 
-    sidecar = _merge_sidecars(shard_paths, rows_ignore, defaults)  # validate before writing
+    sidecar = _merge_sidecars(shard_paths, rows_ignore, defaults, allow_incomplete)  # validate before writing
     try:
         atomic_write_text(out, text)
     except OSError as e:

@@ -129,8 +129,15 @@ def _run_certification(spec: RunSpec, progress: bool) -> Path:
             raise ResumeMismatch(f"cannot --resume {out}: its sidecar names no certification "
                                  f"method; use --force to start it afresh, or another --out")
         if changed:
+            # a method option recorded with another value (e.g. a default that changed since: bound
+            # was lipschitz for pure ℓ∞ nets before interval became the default) can be given again
+            options = {o.name: o for o in method.options}
+            again = " ".join(f"{options[k].cli_flag} {_flag_value(previous[k])}" for k in changed
+                             if k in options and previous.get(k) is not None)
             raise ResumeMismatch(f"cannot --resume {out}: it was made with different settings "
-                                 f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)})")
+                                 f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)})"
+                                 + (f"; pass {again} to continue it, or --force to start afresh"
+                                    if again else ""))
     sidecar["started"] = (previous or {}).get("started") or _now()
     sidecar["complete"] = False
     earlier_wall = float((previous or {}).get("wall_time", 0.0))
@@ -192,7 +199,7 @@ def _trained_sigma(ckpt: Any, sigma: float | None) -> float | None:
     return float(trained)
 
 
-def merge_runs(shards: list[Path], out: Path) -> None:
+def merge_runs(shards: list[Path], out: Path, allow_incomplete: bool = False) -> None:
     """``certify merge``: join the shards of one run. On a CPU, settings that the method says do
     not change its rows (``rows_ignore``) may differ between shards."""
     from certify.methods import METHODS
@@ -202,7 +209,7 @@ def merge_runs(shards: list[Path], out: Path) -> None:
     method = METHODS.get(first.get("method", defaults.get("method", "")))
     ignore = method.rows_ignore if method and first.get("device_type") == "cpu" else ()
     with output_lock(out):
-        merge_results(shards, out, rows_ignore=ignore, defaults=defaults)
+        merge_results(shards, out, rows_ignore=ignore, defaults=defaults, allow_incomplete=allow_incomplete)
 
 
 def _older_sidecar_defaults(sidecar: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +217,11 @@ def _older_sidecar_defaults(sidecar: dict[str, Any]) -> dict[str, Any]:
     if "method" in sidecar or sidecar.get("certifier") not in ("smoothing", "linf_dist"):
         return {}
     return {"method": default_method(sidecar["certifier"]).name}
+
+
+def _flag_value(value: Any) -> str:
+    """A recorded option value as its flag takes it (lists comma-separated)."""
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _device_name(device: torch.device) -> str:

@@ -346,7 +346,9 @@ def test_merge_of_an_interrupted_shard_drops_the_totals(confident_checkpoint, fa
     side["complete"] = False
     Path(str(parts[1]) + ".json").write_text(json.dumps(side))
     merged = tmp_path / "m.tsv"
-    assert cli("merge", *parts, "--out", merged) == 0
+    assert cli("merge", *parts, "--out", merged) == 2  # an interrupted shard needs the flag
+    assert not merged.exists()
+    assert cli("merge", *parts, "--out", merged, "--allow-incomplete") == 0
     assert "estimation_samples" not in read_sidecar(merged)  # not shard 0's total alone
     assert read_sidecar(merged)["complete"] is False
 

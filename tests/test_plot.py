@@ -117,3 +117,30 @@ def test_certify_without_arguments_prints_the_help(capsys) -> None:
     out, err = capsys.readouterr()
     assert exit_info.value.code == 0 and err == ""
     assert out.startswith("Usage: certify") and "\n  run " in out
+
+
+def test_plot_warns_on_runs_that_do_not_compare_and_refuses_an_empty_file(tmp_path, capsys):
+    """An interrupted run, different image sets or different N each get a warning line on stderr;
+    an empty results file is refused."""
+    from certify.plot import PlotSpec, make_plot
+    from certify.results import write_sidecar
+
+    def results(name: str, indices: list[int], **sidecar: object) -> Path:
+        path = tmp_path / name
+        path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n" + "".join(
+            f"{i}\t0\t0\t0.5\t1\t0.1\n" for i in indices))
+        write_sidecar(path, {"norm": "l2", **sidecar})
+        return path
+
+    a = results("a.tsv", [0, 20, 40], n=100000, complete=True, examples=3)
+    b = results("b.tsv", [0, 20], n=10000, complete=False, examples=3)
+    make_plot(PlotSpec(results=(a, b), out=tmp_path / "p.png"))
+    err = capsys.readouterr().err.splitlines()
+    assert any("b.tsv is an interrupted run (2 of 3 images)" in line for line in err)
+    assert any("different images" in line for line in err)
+    assert any("different numbers of samples N (10000, 100000)" in line for line in err)
+    make_plot(PlotSpec(results=(a, a), out=tmp_path / "q.png"))
+    assert capsys.readouterr().err == ""  # nothing to say about comparable runs
+    empty = results("e.tsv", [], complete=True)
+    with pytest.raises(UserError, match="no rows"):
+        make_plot(PlotSpec(results=(empty,), out=tmp_path / "r.png"))

@@ -139,7 +139,9 @@ def run_command(checkpoint: Path, out: Path, method: str | None, split: str, ski
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-def merge_command(shards: tuple[Path, ...], out: Path, force: bool) -> None:
+@click.option("--allow-incomplete", is_flag=True,
+              help="Merge interrupted shards too (the merged sidecar then says complete: false).")
+def merge_command(shards: tuple[Path, ...], out: Path, force: bool, allow_incomplete: bool) -> None:
     """Join the TSV files of 'certify run --shard' into the rows of one run (sorted by index).
 
     The shards must be 0/N .. N-1/N of one run: their sidecars must agree on every setting.
@@ -148,7 +150,7 @@ def merge_command(shards: tuple[Path, ...], out: Path, force: bool) -> None:
 
     if out.exists() and not force:
         raise UserError(f"{out} exists: pass --force to overwrite it, or choose another --out")
-    merge_runs(list(shards), out)
+    merge_runs(list(shards), out, allow_incomplete=allow_incomplete)
     _print_summary([out])
 
 
