@@ -48,7 +48,11 @@ class Checkpoint:
     reference_format: bool = False
 
     def build_model(self, device: torch.device | str = "cpu") -> nn.Module:
-        """Rebuild the architecture and load the weights; a mismatch is reported as a user error."""
+        """Rebuild the architecture and load the weights; a mismatch is reported as a user error.
+
+        An ℓ∞-dist net comes back at p = ∞, the network its certificate is about (it is built at the
+        training schedule's first p, and a resumed training run sets p before every batch)."""
+        from certify.linf_dist.layers import INF, set_p
         from certify.nets import build_model
 
         model = build_model(self.arch, num_classes=self.num_classes, input_shape=self.input_shape,
@@ -62,6 +66,7 @@ class Checkpoint:
                 f"the weights in {self.path or 'the checkpoint'} do not fit {self.arch} on "
                 f"{self.dataset} ({'×'.join(map(str, self.input_shape))}, {self.num_classes} classes): "
                 f"{detail} — wrong --dataset?") from None
+        set_p(model, INF)  # no-op for models without ℓp-distance layers
         return model.to(device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +169,15 @@ def _from_ours(raw: dict[str, Any], path: Path) -> Checkpoint:
         raise UserError(f"{path} is a damaged certify checkpoint (missing or bad field {err})") from None
 
 
+class ReferenceNeedsData(UserError):
+    """A reference checkpoint loaded without the --dataset and --sigma it does not record; carries
+    what the file does say (architecture name, weights, epoch) for callers that can use it."""
+
+    def __init__(self, message: str, *, arch: str, state_dict: dict[str, Any], epoch: int):
+        super().__init__(message)
+        self.arch, self.state_dict, self.epoch = arch, state_dict, epoch
+
+
 def _from_reference(raw: dict[str, Any], path: Path, dataset: str | None,
                     sigma: float | None) -> Checkpoint:
     from certify.data import dataset_info
@@ -173,8 +187,10 @@ def _from_reference(raw: dict[str, Any], path: Path, dataset: str | None,
         raise UserError(f"{path} has no architecture name ('arch'); it is neither a certify nor a "
                         f"reference smoothing checkpoint")
     if dataset is None or sigma is None:
-        raise UserError(f"{path} is a reference checkpoint ({{'arch', 'state_dict'}}) that does not "
-                        f"record its data or noise: pass --dataset and --sigma")
+        raise ReferenceNeedsData(f"{path} is a reference checkpoint ({{'arch', 'state_dict'}}) that does "
+                                 f"not record its data or noise: pass --dataset and --sigma",
+                                 arch=arch, state_dict=raw.get("state_dict") or {},
+                                 epoch=int(raw.get("epoch", 0) or 0))
     info = dataset_info(dataset)
     # DataParallel-trained references carry a "module." component in every key
     state = {".".join(part for part in k.split(".") if part != "module"): v

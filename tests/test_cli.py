@@ -406,3 +406,26 @@ def test_sigma_other_than_the_trained_one_is_noted_and_recorded(small_checkpoint
     assert "was trained at σ = 0.25; certifying it at σ = 0.5" in capsys.readouterr().err
     sidecar = read_sidecar(out)
     assert sidecar["sigma"] == 0.5 and sidecar["trained_sigma"] == 0.25
+
+
+def test_info_json_reference_and_resolved_options(tmp_path, capsys):
+    import json
+
+    from certify.checkpoint import load_checkpoint
+
+    model = Path(__file__).parents[1] / "models" / "fmnist-lenet-smoothmix-s0.5-short.pt"
+    assert cli("info", model) == 0
+    text = capsys.readouterr().out
+    # the recipe's m, T and step, and the defaults it did not set (maxnorm, the loss)
+    assert "num_noise_vec=2, num_steps=2, step_size=2" in text and "loss=ce" in text
+    assert "lr=0.0005," in text and "0.0005000000000000001" not in text  # floats rounded
+    assert cli("info", model, "--json") == 0
+    record = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
+    assert record["certification"] == {"kind": "smoothing", "sigma": 0.5}
+    assert record["objective_options"]["num_steps"] == 2 and record["values"] == 431080
+    # a reference checkpoint without --dataset/--sigma: what the file says, and what is missing
+    ckpt = load_checkpoint(model)
+    torch.save({"arch": "lenet", "state_dict": ckpt.state_dict, "epoch": 7}, tmp_path / "ref.pth.tar")
+    assert cli("info", tmp_path / "ref.pth.tar") == 0
+    text = capsys.readouterr().out
+    assert "reference" in text and "lenet (431,080 values)" in text and "--dataset and --sigma" in text

@@ -55,3 +55,99 @@ def test_registry_errors_are_user_errors():
         build_model("lenet", **CIFAR)
     with pytest.raises(UserError, match="bad options"):
         build_model("small_cnn", **MNIST, depth=3)
+
+
+# ---- cifar_resnet32: kaidic/LDAM-DRW models/resnet_cifar.py, transcribed (ResNet_s, resnet32) ----
+
+class _RefBlock(torch.nn.Module):
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        nn, F = torch.nn, torch.nn.functional
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = lambda x: x
+        if stride != 1 or in_planes != planes:  # option A
+            self.shortcut = lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4),
+                                            "constant", 0)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class _RefResNet32(torch.nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        nn = torch.nn
+        self.in_planes = 16
+        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._make_layer(16, 5, 1)
+        self.layer2 = self._make_layer(32, 5, 2)
+        self.layer3 = self._make_layer(64, 5, 2)
+        self.linear = nn.Linear(64, num_classes)
+
+        def _weights_init(m):
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight)
+        self.apply(_weights_init)
+
+    def _make_layer(self, planes, num_blocks, stride):
+        layers = []
+        for s in [stride] + [1] * (num_blocks - 1):
+            layers.append(_RefBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3]).view(out.size(0), -1)
+        return self.linear(out)
+
+
+@pytest.mark.parametrize("classes, count", [(10, 464_154), (100, 470_004)])
+def test_cifar_resnet32_has_the_ldam_resnet32_size(classes, count):
+    ours = build_model("cifar_resnet32", **(CIFAR | {"num_classes": classes}))
+    assert n_params(ours) == n_params(_RefResNet32(classes)) == count  # the published 0.46 M
+    # the cosine head (LDAM's NormedLinear) has no bias
+    cosine = build_model("cifar_resnet32", **(CIFAR | {"num_classes": classes}), cosine_head=True)
+    assert type(cosine[1].fc).__name__ == "NormedLinear"
+    assert n_params(cosine) == count - classes
+    assert cosine.eval()(torch.rand(2, 3, 32, 32)).abs().max() <= 1 + 1e-6  # cosines
+
+
+def test_cifar_resnet32_equals_the_reference_weight_for_weight():
+    torch.manual_seed(3)
+    reference = _RefResNet32()
+    torch.manual_seed(3)
+    ours = build_model("cifar_resnet32", **CIFAR)[1]
+    theirs = {k.replace("linear.", "fc."): v for k, v in reference.state_dict().items()}
+    assert list(ours.state_dict()) == list(theirs)  # same layers, same order, no shortcut weights
+    for key, value in ours.state_dict().items():  # same init (kaiming fan-in), same draws
+        assert torch.equal(value, theirs[key]), key
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(ours.train()(x), reference.train()(x), atol=1e-6)
+
+
+def test_cifar_resnet32_option_a_shortcuts():
+    net = build_model("cifar_resnet32", **CIFAR)[1]
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 31 and all(m.kernel_size == (3, 3) for m in convs)  # no 1×1 shortcut convs
+    assert not any("downsample" in k for k in net.state_dict())
+    shortcuts = [(name, block.downsample) for name, block in net.named_modules()
+                 if getattr(block, "downsample", None) is not None]
+    assert [name for name, _ in shortcuts] == ["layer2.0", "layer3.0"]
+    x = torch.randn(2, 16, 32, 32)
+    y = shortcuts[0][1](x)
+    assert y.shape == (2, 32, 16, 16)
+    assert torch.equal(y[:, 8:24], x[:, :, ::2, ::2])  # the input, subsampled, in the middle
+    assert not y[:, :8].any() and not y[:, 24:].any()  # zero channels on both sides
+    z = shortcuts[1][1](torch.randn(2, 32, 16, 16))
+    assert z.shape == (2, 64, 8, 8) and not z[:, :16].any() and not z[:, 48:].any()
+    assert net.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)

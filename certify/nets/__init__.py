@@ -106,6 +106,11 @@ for _depth in (20, 110):
         build=lambda k, shape, depth=_depth: CifarResNet(depth=depth, num_classes=k,
                                                         in_channels=shape[0]),
         summary=f"CIFAR ResNet-{_depth} of the smoothing references (widths 16/32/64)"))
+register_architecture("cifar_resnet32", ArchSpec(
+    build=lambda k, shape: CifarResNet(depth=32, num_classes=k, in_channels=shape[0], shortcut="A",
+                                       init="fan_in"),
+    summary="CIFAR ResNet-32 of the long-tailed references (LDAM-DRW's resnet32: option-A "
+            "shortcuts, 0.46 M parameters)"))
 
 
 def _register_linf_dist() -> None:

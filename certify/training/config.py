@@ -15,7 +15,7 @@ from certify.params import Param, ParamError, resolve
 from certify.training.data import DATA_OPTIONS
 from certify.training.example_weighting import ABSGD
 from certify.training.model import MODEL_OPTIONS
-from certify.training.optim import OPTIMIZER_OPTIONS, SCHEDULE_OPTIONS
+from certify.training.optim import OPTIMIZER_OPTIONS, SCHEDULE_OPTIONS, milestone_epochs
 from certify.training.sampling import ExampleSampling
 from certify.training.susceptibility import SusceptibilityProbe
 
@@ -129,9 +129,16 @@ class TrainConfig:
         """Every option's type and range, and the rules between options of different sections."""
         for section, settings in self.sections():
             resolve(section.options, settings.as_dict(), owner=f"section {section.name}")
-        if not self.schedule.cosine_start < self.schedule.epochs:
-            raise ParamError("cosine_start", f"must be below epochs ({self.schedule.epochs}), got "
-                                             f"{self.schedule.cosine_start}")
+        schedule = self.schedule
+        if not schedule.cosine_start < schedule.epochs:
+            raise ParamError("cosine_start", f"must be below epochs ({schedule.epochs}), got "
+                                             f"{schedule.cosine_start}")
+        milestone_epochs(schedule.lr_milestones)  # whole epochs
+        for name, value, applies_to in (("lr_warmup", schedule.lr_warmup, "multistep"),
+                                        ("lr_step_delay", schedule.lr_step_delay, "step")):
+            if value and schedule.lr_schedule != applies_to:
+                raise ParamError(name, f"applies to lr_schedule {applies_to} only, not "
+                                       f"{schedule.lr_schedule}")
 
     def __getattr__(self, name: str) -> Any:
         owner = _OWNER.get(name)

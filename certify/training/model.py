@@ -10,7 +10,7 @@ from torch import nn
 from certify.params import Param
 
 MODEL_OPTIONS: tuple[Param, ...] = (
-    Param("arch", "lenet", "lenet (28×28), small_cnn, cifar_resnet20, cifar_resnet110, "
+    Param("arch", "lenet", "lenet (28×28), small_cnn, cifar_resnet20, cifar_resnet32, cifar_resnet110, "
           "linf_dist_net, linf_dist_hybrid.", kind=str),
     Param("arch_kwargs", {}, "Architecture option, e.g. --arch-opt width=8 for small_cnn.",
           kind=dict, flag="arch_opt", metavar="KEY=VALUE"),
