@@ -19,7 +19,14 @@ import numpy as np  # noqa: E402
 from certify.errors import UserError  # noqa: E402
 from certify.fsutil import atomic_write_text, atomic_writer  # noqa: E402
 from certify.results import Results, check_writable, read_results, read_sidecar  # noqa: E402
-from certify.summary import check_norm, default_radii, largest_radius, summary_table  # noqa: E402
+from certify.summary import (  # noqa: E402
+    TABLE_FORMATS,
+    check_norm,
+    default_radii,
+    largest_radius,
+    summary_table,
+    table_as,
+)
 
 __all__ = ["plot_certified_accuracy", "plot_per_class_certified", "plot_format", "GRID_POINTS",
            "PlotSpec", "make_plot", "run_names"]
@@ -197,7 +204,7 @@ class PlotSpec:
     max_radius: float | None = None  # right end of the x axis; None: just past the largest radius
     radii: Sequence[float] | None = None  # table columns (per class: panels); None: defaults
     title: str | None = None
-    table_out: Path | None = None  # also write the Markdown table here
+    table_out: Path | None = None  # also write the table here (.csv, .tex or Markdown)
     per_class: bool = False  # bars of certified accuracy per class instead of the curves
     counts_from: Path | None = None  # per class: checkpoint whose training counts label the classes
 
@@ -254,8 +261,9 @@ def make_plot(spec: PlotSpec) -> str:
         plot_certified_accuracy(runs, names, spec.out, max_radius=spec.max_radius, norm=norm,
                                 title=spec.title)
         table = summary_table(runs, names, columns)
-    if spec.table_out is not None:
-        atomic_write_text(spec.table_out, table)
+    if spec.table_out is not None:  # Markdown, or CSV / LaTeX by the file's suffix
+        fmt = TABLE_FORMATS.get(Path(spec.table_out).suffix.lower(), "markdown")
+        atomic_write_text(spec.table_out, table_as(table, fmt))
     return table
 
 

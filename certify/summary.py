@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -108,3 +109,44 @@ def summary_table(
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+TABLE_FORMATS = {".md": "markdown", ".csv": "csv", ".tex": "latex"}
+_TEX = {"\\": "\\textbackslash{}", **{c: "\\" + c for c in "&%$#_{}"}, "~": "\\textasciitilde{}"}
+
+
+def table_as(markdown: str, fmt: str) -> str:
+    """A Markdown table of this module (or of the per-class report) as ``csv`` or ``latex``.
+
+    CSV drops the best-value ``*`` so every cell parses as it reads; LaTeX sets the best value in
+    bold, escapes TeX's special characters and uses booktabs rules (``\\usepackage{booktabs}``).
+    """
+    if fmt == "markdown":
+        return markdown
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    rows = [[cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            for line in lines]
+    head, align, body = rows[0], rows[1], rows[2:]
+    if fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(head)
+        writer.writerows([[cell.rstrip("*") for cell in row] for row in body])
+        return buffer.getvalue()
+    if fmt != "latex":
+        raise ValueError(f"unknown table format {fmt!r}")
+    columns = "".join("r" if a.endswith(":") else "l" for a in align)
+
+    def tex(cell: str) -> str:
+        bold = cell.endswith("*") and len(cell) > 1
+        cell = cell.rstrip("*") if bold else cell
+        cell = "".join(_TEX.get(char, char) for char in cell)
+        return f"\\textbf{{{cell}}}" if bold else cell
+
+    out = [f"\\begin{{tabular}}{{{columns}}}", "\\toprule", " & ".join(map(tex, head)) + " \\\\",
+           "\\midrule", *(" & ".join(map(tex, row)) + " \\\\" for row in body), "\\bottomrule",
+           "\\end{tabular}"]
+    return "\n".join(out) + "\n"

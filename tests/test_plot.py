@@ -144,3 +144,31 @@ def test_plot_warns_on_runs_that_do_not_compare_and_refuses_an_empty_file(tmp_pa
     empty = results("e.tsv", [], complete=True)
     with pytest.raises(UserError, match="no rows"):
         make_plot(PlotSpec(results=(empty,), out=tmp_path / "r.png"))
+
+
+def test_table_as_csv_and_latex_by_suffix(tmp_path):
+    """--table t.csv / t.tex: the same numbers as the Markdown table, the best value unmarked in
+    CSV and bold in LaTeX, TeX's special characters escaped."""
+    import csv
+
+    from certify.plot import PlotSpec, make_plot
+    from certify.results import write_sidecar
+
+    paths = []
+    for name, radius in (("run_a.tsv", 0.5), ("run_b.tsv", 0.1)):
+        path = tmp_path / name
+        path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                        f"0\t0\t0\t{radius}\t1\t0.1\n1\t1\t1\t{radius}\t1\t0.1\n")
+        write_sidecar(path, {"norm": "l2", "complete": True, "examples": 2})
+        paths.append(path)
+    markdown = make_plot(PlotSpec(results=tuple(paths), out=tmp_path / "p.png", radii=(0.0, 0.25),
+                                  table_out=tmp_path / "t.csv"))
+    rows = list(csv.reader((tmp_path / "t.csv").open()))
+    assert rows[0] == ["run", "r=0.00", "r=0.25", "ACR", "abstain", "s/example"]
+    assert rows[1][:4] == ["run_a", "1.000", "1.000", "0.500"] and rows[2][2] == "0.000"
+    assert "| run_a | 1.000 | 1.000* | 0.500* |" in markdown
+    make_plot(PlotSpec(results=tuple(paths), out=tmp_path / "p.png", radii=(0.0, 0.25),
+                       table_out=tmp_path / "t.tex"))
+    tex = (tmp_path / "t.tex").read_text()
+    assert tex.startswith("\\begin{tabular}{lrrrrr}\n\\toprule\n")
+    assert "run\\_a & 1.000 & \\textbf{1.000} & \\textbf{0.500} & 0.0\\% & 0.10 \\\\" in tex

@@ -22,7 +22,8 @@ from certify.errors import UserError
               help="Table columns (default: steps of 0.25 in ℓ2 up to the largest radius).")
 @click.option("--title", default=None)
 @click.option("--table", "table_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the Markdown table to this file.")
+              help="Also write the table to this file: CSV for .csv, LaTeX (booktabs) for .tex, "
+                   "Markdown otherwise.")
 @click.option("--per-class", is_flag=True,
               help="Instead of the curve: bars of certified accuracy per class, one panel per radius "
                    "of --radii (default: 0 and two radii up to the largest), and a table per class.")
