@@ -72,7 +72,9 @@ case "$command" in
         exec "$VENV/bin/certify" "$@"
         ;;
     *)
+        [ "$command" = help ] || [ "$command" = -h ] || [ "$command" = --help ] \
+            || say "unknown command '$command'; the commands are:"
         sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
-        [ "$command" = help ] || exit 2
+        [ "$command" = help ] || [ "$command" = -h ] || [ "$command" = --help ] || exit 2
         ;;
 esac

@@ -130,6 +130,8 @@ def load_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
 
 
 def _read(path: Path, map_location: str | torch.device) -> Any:
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a checkpoint file: give the .pt file itself")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
@@ -141,8 +143,20 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
                 f"never executes; re-save it as a dict of tensors and plain values") from None
         raise UserError(f"cannot read checkpoint {path}: corrupt file ({_first_line(err)})") from None
     except Exception as err:  # a damaged file can fail anywhere inside the unpickler
-        raise UserError(f"cannot read checkpoint {path}: truncated or not a PyTorch checkpoint "
-                        f"({_first_line(err)})") from None
+        raise UserError(f"cannot read checkpoint {path}: {_what_is_wrong(path, err)}") from None
+
+
+def _what_is_wrong(path: Path, err: BaseException) -> str:
+    """Why torch.load failed, in words: from the file's first bytes, not torch's internals."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start == b"PK\x03\x04":  # the zip archive torch.save writes
+        return ("the file is truncated or damaged (its zip archive is incomplete); copy or download "
+                "it again")
+    if start[:1] == b"\x80":  # a legacy pickle
+        return "the file is truncated or damaged (its pickle stream ends early); copy it again"
+    return (f"it is not a PyTorch checkpoint (it starts with {start!r}, not the zip archive that "
+            f"torch.save writes)")
 
 
 def _first_line(err: BaseException) -> str:

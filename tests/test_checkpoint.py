@@ -94,9 +94,14 @@ def test_missing_and_truncated(tmp_path: Path):
     path = save_checkpoint(make_checkpoint(width=4, hidden=16), tmp_path / "m.pt")
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="truncated or not a PyTorch checkpoint"):
+    with pytest.raises(UserError, match=r"cut.pt: the file is truncated or damaged \(its zip archive is "
+                                        r"incomplete\); copy or download it again$"):
         load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(UserError, match="is a directory, not a checkpoint file"):
+        load_checkpoint(tmp_path)
     (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(UserError, match=r"it is not a PyTorch checkpoint \(it starts with b'hell'"):
+        load_checkpoint(tmp_path / "text.pt")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "text.pt")
 

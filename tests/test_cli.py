@@ -429,3 +429,9 @@ def test_info_json_reference_and_resolved_options(tmp_path, capsys):
     assert cli("info", tmp_path / "ref.pth.tar") == 0
     text = capsys.readouterr().out
     assert "reference" in text and "lenet (431,080 values)" in text and "--dataset and --sigma" in text
+
+
+def test_run_sh_names_an_unknown_command():
+    done = subprocess.run(["bash", str(Path(__file__).parents[1] / "run.sh"), "foo"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2 and "unknown command 'foo'" in done.stderr and "./run.sh test" in done.stdout

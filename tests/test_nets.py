@@ -151,3 +151,14 @@ def test_cifar_resnet32_option_a_shortcuts():
     z = shortcuts[1][1](torch.randn(2, 32, 16, 16))
     assert z.shape == (2, 64, 8, 8) and not z[:, :16].any() and not z[:, 48:].any()
     assert net.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_an_unknown_architecture_option_names_the_known_ones():
+    from certify.errors import UserError
+    from certify.nets import build_model
+
+    with pytest.raises(UserError, match=r"^architecture 'lenet' has no option width \(--arch-opt\); "
+                                        r"its options: none$"):
+        build_model("lenet", num_classes=10, input_shape=(1, 28, 28), mean=(0.5,), std=(0.5,), width=8)
+    with pytest.raises(UserError, match="has no option depth .*its options: width, hidden"):
+        build_model("small_cnn", num_classes=10, input_shape=(1, 28, 28), mean=(0.5,), std=(0.5,), depth=3)

@@ -43,6 +43,17 @@ class ArchSpec:
 _REGISTRY: dict[str, ArchSpec] = {}
 
 
+def _build_options(spec: ArchSpec) -> list[str] | None:
+    """The keyword options ``spec.build`` takes after (num_classes, input_shape); None if it takes
+    any (``**kwargs``), so only the build itself can tell."""
+    import inspect
+
+    params = list(inspect.signature(spec.build).parameters.values())[2:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def register_architecture(name: str, spec: ArchSpec) -> None:
     """Add an architecture; later issues register theirs (e.g. ℓ∞-dist nets) the same way."""
     if name in _REGISTRY:
@@ -83,6 +94,11 @@ def build_model(arch: str, *, num_classes: int, input_shape: Sequence[int], mean
     cosine = bool(kwargs.pop("cosine_head", False))
     if cosine and spec.scalar_std:
         raise UserError(f"architecture {arch!r} has no linear head to make a cosine classifier")
+    known = _build_options(spec)
+    unknown = sorted(set(kwargs) - set(known)) if known is not None else []
+    if unknown:
+        raise UserError(f"architecture {arch!r} has no option {', '.join(unknown)} (--arch-opt); its "
+                        f"options: {', '.join(known or []) or 'none'}")
     try:
         net = spec.build(num_classes, shape, **kwargs)
     except TypeError as err:
