@@ -57,6 +57,7 @@ class Param:
     at_least: float | None = None
     at_most: float | None = None
     flag: str | None = None
+    aliases: tuple[str, ...] = ()  # older or reference spellings the CLI also accepts
     metavar: str | None = None
     reference: str = ""
 

@@ -122,3 +122,20 @@ def test_cli_flags(fake_fmnist, tmp_path, capsys):
     assert cli("train", "--objective", "linf_hinge", "--eps-train", "0.1", "--eps-test", "0.1",
                "--loss", "alpha", "--out", tmp_path / "x.pt") == 2
     assert "--loss does not apply to --objective linf_hinge" in capsys.readouterr().err
+
+
+def test_the_alpha_loss_flag_has_its_own_name_and_the_old_spelling(monkeypatch, tmp_path):
+    """--loss-alpha (the α of the α-loss) is distinct from run's --alpha (the failure probability);
+    --alpha still reaches it in train."""
+    import certify.training
+
+    seen = []
+
+    def record(config, out, **kwargs):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(certify.training, "train", record)
+    for flag in ("--loss-alpha", "--alpha"):
+        assert cli("train", "--loss", "alpha", flag, "3", "--out", tmp_path / "m.pt") == 0
+        assert seen[-1].objective_params["alpha"] == 3.0

@@ -15,7 +15,7 @@ from certify.cli.options import command_line, data_dir_option, device_option, pi
               help="Where to write the calibrated checkpoint (must not exist yet).")
 @click.option("--k", "k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Size of each class's neighbourhood: the class and its K-1 nearest head classes.")
-@click.option("--alpha", type=float, default=0.0, show_default=True,
+@click.option("--cov-alpha", "--alpha", "alpha", type=float, default=0.0, show_default=True,
               help="Added to every entry of the calibrated covariance (TailCalib's α).")
 @click.option("--tukey", "tukey_lambda", type=float, default=1.0, show_default=True,
               help="Tukey power of the seed features (1: none). Only 1 is accepted for now: the "

@@ -70,7 +70,8 @@ def param_option(param: Any, *, default: Any, help: str, show_default: bool = Fa
         flag = f"{flag}/--no-{flag[2:]}"
         extra.setdefault("default", default)
         return click.option(flag, param.name, help=help, show_default=show_default, **extra)
-    return click.option(flag, param.name, type=click_type(param), default=default, help=help,
+    aliases = [f"--{a.replace('_', '-')}" for a in param.aliases]
+    return click.option(flag, *aliases, param.name, type=click_type(param), default=default, help=help,
                         show_default=show_default, metavar=param.metavar, **extra)
 
 
