@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from certify.errors import UserError  # noqa: E402
 from certify.fsutil import atomic_write_text, atomic_writer  # noqa: E402
+from certify.plot_style import DEFAULT_STYLE, FigureStyle, line_style  # noqa: E402
 from certify.results import Results, check_writable, read_results, read_sidecar  # noqa: E402
 from certify.summary import (  # noqa: E402
     TABLE_FORMATS,
@@ -33,7 +34,14 @@ __all__ = ["plot_certified_accuracy", "plot_per_class_certified", "plot_format",
 
 GRID_POINTS = 400  # grid intervals between 0 and max_radius
 _MIN_MAX_RADIUS = 0.01  # x range when nothing was certified beyond radius 0
-_FORMATS = {".png": "png", ".pdf": "pdf"}
+_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".eps": "eps"}
+def _legend(ax: Any, style: FigureStyle, **kwargs: Any) -> None:
+    if style.legend == "none":
+        return
+    if style.legend == "outside":
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+    else:
+        ax.legend(loc=style.legend, **kwargs)
 _XLABEL = {"l2": "ℓ2 radius", "linf": "ℓ∞ radius"}
 _NORM_SYMBOL = {"l2": "ℓ2", "linf": "ℓ∞"}
 _MAX_CLASS_TICKS = 30  # more classes than this: label every k-th bar group
@@ -46,8 +54,13 @@ def plot_certified_accuracy(
     max_radius: float | None = None,
     norm: str = "l2",
     title: str | None = None,
+    style: FigureStyle = DEFAULT_STYLE,
+    groups: Sequence[str] | None = None,
 ) -> Path:
-    """Plot certified accuracy against radius, one curve per run, to a .png or .pdf file.
+    """Plot certified accuracy against radius, one curve per run, to a .png, .pdf, .svg or .eps file.
+
+    With ``groups`` (one name per run), runs of a group (seeds of one setting) become one curve,
+    their mean, with a band of ± one standard deviation; the legend then names the groups.
 
     The curve at r is the fraction of all examples certified correct with radius >= r, sampled
     on a grid of ``GRID_POINTS`` intervals and drawn as steps that never overstate a value
@@ -66,21 +79,36 @@ def plot_certified_accuracy(
     check_writable(out)
 
     grid = np.linspace(0.0, float(max_radius), GRID_POINTS + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    # certified_accuracy is non-increasing in r; holding each grid value over the interval to its
+    # left ("pre") is the conservative way to join the samples.
+    curves = [np.asarray(res.certified_accuracy(grid), dtype=float) for res in results_list]
+    if groups is not None:
+        if len(groups) != len(results_list):
+            raise UserError(f"{len(groups)} --group for {len(results_list)} files: give one per file")
+        names = list(dict.fromkeys(groups))
+        members = [[c for c, g in zip(curves, groups) if g == name] for name in names]
+        series = [(name, np.mean(m, axis=0), np.std(m, axis=0)) for name, m in zip(names, members)]
+    else:
+        series = [(str(label), curve, None) for label, curve in zip(labels, curves)]
+    with plt.rc_context({"font.size": style.font_size}):
+        fig, ax = plt.subplots(figsize=style.figsize)
     try:
-        for res, label in zip(results_list, labels):
-            # certified_accuracy is non-increasing in r; holding each grid value over the
-            # interval to its left ("pre") is the conservative way to join the samples.
-            ax.step(grid, res.certified_accuracy(grid), where="pre", label=str(label), lw=1.6)
+        for k, (name, mean, spread) in enumerate(series):
+            look = line_style(k)
+            ax.step(grid, mean, where="pre", label=name, lw=1.6, **look)
+            if spread is not None and spread.any():
+                ax.fill_between(grid, mean - spread, mean + spread, step="pre", alpha=0.2,
+                                color=look["color"], linewidth=0)
         ax.set_xlim(0.0, float(max_radius))
-        ax.set_ylim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.02)  # a curve at accuracy 1 stays visible above the frame's top
+        ax.set_yticks(np.linspace(0.0, 1.0, 6))
         ax.set_xlabel(_XLABEL[norm])
         ax.set_ylabel("certified accuracy")
         if title:
             ax.set_title(title)
         ax.grid(True, alpha=0.3)
         if len(results_list):
-            ax.legend(loc="upper right")
+            _legend(ax, style, fontsize=style.font_size)
         fig.tight_layout()
         _save(fig, out, fmt)
     finally:
@@ -89,22 +117,24 @@ def plot_certified_accuracy(
 
 
 def plot_format(out: Path) -> str:
-    """The figure format of ``out`` from its extension; anything but .png/.pdf is a user error."""
+    """The figure format of ``out`` from its extension (.png, .pdf, .svg, .eps)."""
     fmt = _FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise UserError(
             f"cannot write plot {out}: unsupported extension {out.suffix or '(none)'!r}; "
-            "use .png or .pdf"
+            "use .png, .pdf, .svg or .eps"
         )
     return fmt
 
 
 def _save(fig, out: Path, fmt: str) -> None:
-    save_kwargs: dict[str, object] = {"format": fmt}
+    save_kwargs: dict[str, object] = {"format": fmt, "bbox_inches": "tight"}  # an outside legend fits
     if fmt == "png":
         save_kwargs["dpi"] = 200
-    else:
+    elif fmt == "pdf":
         save_kwargs["metadata"] = {"CreationDate": None}  # same input -> same bytes
+    elif fmt == "svg":
+        save_kwargs["metadata"] = {"Date": None}
     try:
         with atomic_writer(out, "wb") as f:
             fig.savefig(f, **save_kwargs)
@@ -128,7 +158,7 @@ def plot_per_class_certified(
     ``labels`` their legend names, ``radii`` the R radii. One subplot per radius, side by side with
     a shared y axis in [0, 1]; in each, one group of bars per class (one bar per model, a class
     with no rows has no bar). x tick labels are the class names (default: indices) with the
-    training count below when ``class_counts`` is given. Written atomically to .png or .pdf.
+    training count below when ``class_counts`` is given. Written atomically (.png, .pdf, .svg, .eps).
     """
     out = Path(out_path)
     fmt = plot_format(out)
@@ -173,11 +203,11 @@ def plot_per_class_certified(
             else:
                 ax.set_xticklabels(ticks[::every], fontsize=7)
             ax.set_xlim(-0.6, num_classes - 0.4)
-            ax.set_ylim(0.0, 1.0)
+            ax.set_ylim(0.0, 1.02)  # a bar at accuracy 1 stays visible below the frame's top
             ax.grid(True, axis="y", alpha=0.3)
             if j == 0:
                 ax.set_ylabel("certified accuracy")
-        axes[0][-1].legend(loc="upper right", fontsize=8)
+        _legend(axes[0][-1], FigureStyle(legend="outside"), fontsize=8)  # never over the bars
         xlabel = "class" + (" (training images below)" if class_counts is not None else "")
         fig.supxlabel(xlabel, fontsize=9)
         if title:
@@ -199,13 +229,15 @@ class PlotSpec:
     public smoothing repositories."""
 
     results: Sequence[Path]
-    out: Path  # the figure, .png or .pdf
+    out: Path  # the figure: .png, .pdf, .svg or .eps
     labels: Sequence[str] = ()  # legend names, one per file; (): run_names(results)
     max_radius: float | None = None  # right end of the x axis; None: just past the largest radius
     radii: Sequence[float] | None = None  # table columns (per class: panels); None: defaults
     title: str | None = None
     table_out: Path | None = None  # also write the table here (.csv, .tex or Markdown)
     per_class: bool = False  # bars of certified accuracy per class instead of the curves
+    style: FigureStyle = DEFAULT_STYLE
+    groups: Sequence[str] | None = None  # one group name per file: mean ± std curve per group
     counts_from: Path | None = None  # per class: checkpoint whose training counts label the classes
 
 
@@ -259,7 +291,7 @@ def make_plot(spec: PlotSpec) -> str:
     else:
         columns = list(spec.radii) if spec.radii else default_radii(runs, norm)
         plot_certified_accuracy(runs, names, spec.out, max_radius=spec.max_radius, norm=norm,
-                                title=spec.title)
+                                title=spec.title, style=spec.style, groups=spec.groups)
         table = summary_table(runs, names, columns)
     if spec.table_out is not None:  # Markdown, or CSV / LaTeX by the file's suffix
         fmt = TABLE_FORMATS.get(Path(spec.table_out).suffix.lower(), "markdown")

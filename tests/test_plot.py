@@ -172,3 +172,50 @@ def test_table_as_csv_and_latex_by_suffix(tmp_path):
     tex = (tmp_path / "t.tex").read_text()
     assert tex.startswith("\\begin{tabular}{lrrrrr}\n\\toprule\n")
     assert "run\\_a & 1.000 & \\textbf{1.000} & \\textbf{0.500} & 0.0\\% & 0.10 \\\\" in tex
+
+
+def test_figure_style_groups_and_formats(tmp_path: Path, monkeypatch) -> None:
+    """Size, font, legend place; a colour and a line style per run beyond ten; seeds grouped into
+    a mean curve with a ± std band; SVG and EPS; a curve at accuracy 1 stays inside the axes."""
+    import matplotlib.pyplot as plt
+
+    import certify.plot as plot
+    from certify.plot_style import FigureStyle, line_style
+
+    looks = {(line_style(k)["color"], line_style(k)["linestyle"]) for k in range(40)}
+    assert len(looks) == 40 and line_style(10) == {"color": "C0", "linestyle": "--"}
+    seen: list[dict] = []
+
+    def recording_save(fig, out, fmt):
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        seen.append({"size": tuple(fig.get_size_inches()), "ylim": ax.get_ylim(),
+                     "lines": [(ln.get_label(), ln.get_linestyle(), np.asarray(ln.get_ydata())) for ln in ax.lines],
+                     "bands": len(ax.collections), "legend": legend,
+                     "font": legend.get_texts()[0].get_fontsize() if legend else None})
+        plt.close(fig)
+
+    monkeypatch.setattr(plot, "_save", recording_save)
+    perfect = make([0.5, 0.5], [1, 1])
+    runs = [perfect] * 12
+    plot_certified_accuracy(runs, [f"r{k}" for k in range(12)], tmp_path / "a.png", max_radius=1.0,
+                            style=FigureStyle(figsize=(5.0, 3.0), font_size=7.0, legend="outside"))
+    fig = seen[-1]
+    assert fig["size"] == (5.0, 3.0) and fig["font"] == 7.0 and fig["ylim"][1] > 1.0
+    assert fig["lines"][10][1] == "--" and fig["lines"][0][1] == "-"
+    assert fig["legend"].get_bbox_to_anchor().x0 > 0  # anchored right of the axes
+    # two seeds of one setting, one of another: two curves, the first the mean with a band
+    half = make([0.5, 0.0], [1, 0])
+    plot_certified_accuracy([perfect, half, perfect], ["a", "b", "c"], tmp_path / "g.png",
+                            max_radius=1.0, groups=["CE", "CE", "LDAM"])
+    fig = seen[-1]
+    assert [label for label, _, _ in fig["lines"]] == ["CE", "LDAM"] and fig["bands"] == 1
+    assert fig["lines"][0][2][0] == 0.75  # mean of 1.0 and 0.5 at r = 0
+    plot_certified_accuracy([perfect], ["x"], tmp_path / "n.png", style=FigureStyle(legend="none"))
+    assert seen[-1]["legend"] is None
+    with pytest.raises(UserError, match="--group for 2 files"):
+        plot_certified_accuracy([perfect, half], ["a", "b"], tmp_path / "e.png", groups=["CE"])
+    monkeypatch.undo()
+    for suffix, magic in ((".svg", b"<?xml"), (".eps", b"%!PS-Adobe")):
+        out = plot_certified_accuracy([perfect], ["x"], tmp_path / f"f{suffix}")
+        assert out.read_bytes().startswith(magic)
