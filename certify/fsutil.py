@@ -24,7 +24,8 @@ def check_output_path(path: str | os.PathLike[str], what: str = "") -> None:
     """Refuse an output whose directory is missing, before any work that would be lost.
 
     ``what`` names the file in the message ("checkpoint", "log"): "cannot write checkpoint
-    m.pt: directory runs does not exist". A parent that exists but is a file gets its own reason.
+    m.pt: directory runs does not exist". A parent that is a file, or a directory this process may
+    not write, gets its own reason.
     """
     p = Path(path)
     parent = p.parent
@@ -33,6 +34,8 @@ def check_output_path(path: str | os.PathLike[str], what: str = "") -> None:
         raise UserError(f"cannot write {name}: directory {parent} does not exist")
     if not parent.is_dir():
         raise UserError(f"cannot write {name}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {name}: directory {parent} is not writable")
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

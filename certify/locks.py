@@ -36,7 +36,10 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[None]:
     check_output_path(out)
     path = lock_path(out)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # e.g. a read-only file system, where access() said yes
+            raise UserError(f"cannot write {out}: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

@@ -328,3 +328,22 @@ def test_resume_takes_the_settings_from_the_checkpoint_and_force_starts_afresh(f
     ckpt = load_checkpoint(out)
     assert ckpt.epoch == 1 and ckpt.arch == "lenet" and ckpt.certification["sigma"] == 0.25
     assert [r["epoch"] for r in read_jsonl(tmp_path / "m.jsonl")] == [1]
+
+
+def test_unwritable_outputs_fail_before_any_work(fake_fmnist, tmp_path, monkeypatch):
+    """A checkpoint or log in a directory this process may not write fails at once (the suite runs
+    as root, for whom every directory is writable, so access() is made to say no)."""
+    import os
+    from pathlib import Path
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    built = []
+    monkeypatch.setattr("certify.training.loop.build_training_model", lambda *a: built.append(a))
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*m.pt: directory .*locked is not writable"):
+        train(config(fake_fmnist), locked / "m.pt", progress=False, log=quiet)
+    with pytest.raises(UserError, match=r"cannot write log .*m.jsonl: directory .*locked is not writable"):
+        train(config(fake_fmnist), tmp_path / "m.pt", progress=False, log=quiet, log_path=locked / "m.jsonl")
+    assert built == []  # no model was built, no data loaded

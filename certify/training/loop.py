@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from certify.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from certify.errors import UserError
-from certify.fsutil import atomic_write_text
+from certify.fsutil import atomic_write_text, check_output_path
 from certify.jsonutil import strict_dumps
 from certify.locks import output_lock
 from certify.objectives import make_objective
@@ -54,11 +54,12 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, command
     """
     config.validate()
     out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write checkpoint {out}: directory {out.parent} does not exist")
+    check_output_path(out, "checkpoint")  # before any work that would be lost
     log_path = Path(log_path) if log_path is not None else None
-    if log_path is not None and log_path.resolve() == out.resolve():
-        raise UserError(f"the JSON-lines log and the checkpoint are both {out}: choose another --log")
+    if log_path is not None:
+        check_output_path(log_path, "log")
+        if log_path.resolve() == out.resolve():
+            raise UserError(f"the JSON-lines log and the checkpoint are both {out}: choose another --log")
     objective = make_objective(config.objective, **config.objective_params)
     overrides = {k: v for k, v in objective.arch_overrides().items() if k not in config.arch_kwargs}
     if overrides:  # what the objective needs from the architecture, recorded with it
