@@ -10,13 +10,14 @@ import torch
 
 from certify.linf_dist import lp_dist
 from certify.linf_dist.bounds import linf_dist_bounds
-from certify.linf_dist.certifier import interval_radii, lipschitz_radii, split_model
+from certify.linf_dist.certifier import _min_margin, interval_radii, lipschitz_radii, split_model
 from certify.linf_dist.layers import INF, LpDistConv2d, LpDistLinear, MeanShift, get_p, set_p
 from certify.linf_dist.nets import LinfDistNet
 from certify.linf_dist.reference import linf_dist_bounds_reference, lp_dist_reference
 from certify.linf_dist.schedules import lambda_at, p_at, ramp
 from certify.nets import build_model
 from certify.objectives.linf_margin import clipped_hinge, multiclass_hinge
+from certify.params import ParamError
 from certify.training.optim import cosine_factor
 
 P_VALUES = [1.0, 2.0, 8.0, 3.7, 8.5, 50.0, 1000.0, INF]
@@ -242,6 +243,65 @@ def test_interval_radius_is_at_least_the_lipschitz_radius():
     lip = lipschitz_radii(model, logits)
     ibp = interval_radii(model, x, logits.argmax(1))
     assert (ibp >= lip - 1e-4).all() and (ibp > lip + 1e-3).any()  # clipping to [0, 1] helps
+    seeded = interval_radii(model, x, logits.argmax(1), floor=lip.clamp_min(0))
+    assert (seeded >= lip).all()  # exactly: the search starts at the Lipschitz radius
+
+
+def _fine_bisection(model, x, y, steps=30):
+    """The certified radius to 2^-30 by plain bisection over [0, 1]: (lo, hi) with every ε ≤ lo
+    certified and hi not (hi = 1 when certified on all of [0, 1]^d)."""
+    lo, hi = torch.zeros(len(x)), torch.ones(len(x))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ok = _min_margin(model, x, mid, y) > 0
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    whole = _min_margin(model, x, torch.ones(len(x)), y) > 0
+    return torch.where(whole, 1.0, lo), torch.where(whole, 1.0, hi)
+
+
+@pytest.mark.parametrize("arch,kw", [("linf_dist_net", {"depth": 3, "width": 32}),
+                                     ("linf_dist_hybrid", {"dist_depth": 2, "width": 32, "hidden": 16})])
+def test_interval_search_is_within_its_resolution_of_a_fine_bisection(arch, kw, monkeypatch):
+    import certify.linf_dist.certifier as certifier
+
+    model = _model(arch, **kw)
+    torch.manual_seed(9)
+    x = torch.cat([torch.rand(48, *model_input_shape),  # and a few images that certify widely
+                   torch.full((2, *model_input_shape), 0.5)])
+    logits = model(x)
+    y = logits.argmax(1)
+    lo, hi = _fine_bisection(model, x, y)
+    evaluated = []
+    real = certifier._min_margin
+    monkeypatch.setattr(certifier, "_min_margin",
+                        lambda m, xs, eps, ys: evaluated.append(len(xs)) or real(m, xs, eps, ys))
+    pure = arch == "linf_dist_net"
+    floor = lipschitz_radii(model, logits).clamp_min(0) if pure else None
+    got = interval_radii(model, x, y, floor=floor)
+    assert (got <= hi + 1e-6).all()  # never claims more than the bounds certify
+    assert (got >= lo - 2.0 ** -16).all()  # and within the search's resolution of it
+    assert got.unique().numel() > 10
+    per_image = sum(evaluated) / len(x)
+    if pure:  # the Lipschitz jumps (6.3 here; 1.2 to 1.8 on the fmnist-linf-short models)
+        assert per_image < 8, per_image
+    else:  # plain bisection: the probe, 16 halvings, the check at ε = 1 for some
+        assert 10 < per_image <= 18, per_image
+
+
+def test_the_pure_nets_margin_bound_is_2_over_sigma_lipschitz_in_eps():
+    """What lets the interval search jump: growing the pixel box by δ lowers the margin lower
+    bound by at most 2δ/σ (here σ = 0.4), and clipping makes it drop more slowly."""
+    model = _model("linf_dist_net", depth=4, width=24)
+    torch.manual_seed(10)
+    x = torch.rand(32, *model_input_shape)
+    y = model(x).argmax(1)
+    eps = torch.linspace(0, 0.4, 41)
+    m = torch.stack([_min_margin(model, x, e.expand(len(x)), y) for e in eps])  # (41, 32)
+    drop = m[:-1] - m[1:]
+    assert (drop >= -1e-5).all()  # non-increasing in ε
+    assert (drop <= 2 * 0.01 / 0.4 + 1e-5).all()
+    assert (drop > 2 * 0.01 / 0.4 - 1e-4).any()  # the bound is reached (unclipped coordinates)
+    assert (drop < 2 * 0.01 / 0.4 - 1e-2).any()  # and clipping to [0, 1] makes it shallower
 
 
 def test_hybrid_head_margin_bounds_are_exact_for_a_point_box():
@@ -380,3 +440,100 @@ def test_objective_schedule_sets_p_eps_and_lambda_on_the_model():
     assert values["p"] == pytest.approx(8 * 125 ** 0.5) and values["eps_train"] == pytest.approx(0.2)
     assert get_p(model) == values["p"]
     assert objective.schedule(model, 30, 10)["p"] == INF and get_p(model) == INF
+
+
+# ---- the p ramp's default: the v2 reference's fractions of the run ----
+
+def _reference_p(epoch, minibatch, epochs, batches_per_epoch, p_start=8.0, p_end=1000.0):
+    """v2 main.py's create_schedule with its default --epochs 0,0,100,1250,1300 scaled to a run of
+    ``epochs`` epochs (cal_ratio, then p = p_start·exp(log(p_end/p_start)·ratio), ∞ once done)."""
+    start, end = 100 / 1300 * epochs, 1250 / 1300 * epochs
+    ratio = min(max(((epoch - start) * batches_per_epoch + minibatch)
+                    / ((end - start) * batches_per_epoch), 0), 1)
+    return INF if ratio >= 1 and p_end >= 100 else p_start * math.exp(math.log(p_end / p_start) * ratio)
+
+
+def _setup(objective, epochs):
+    from types import SimpleNamespace
+
+    objective.setup(SimpleNamespace(config=SimpleNamespace(epochs=epochs)))
+    return objective
+
+
+@pytest.mark.parametrize("epochs,batches", [(1300, 98), (16, 10), (3, 7)])
+def test_unset_p_ramp_follows_the_reference_fractions_of_the_run(epochs, batches):
+    from certify.objectives import make_objective
+
+    model = build_model("linf_dist_net", num_classes=3, input_shape=(1, 2, 2), mean=(0.0,), std=(1.0,),
+                        depth=2, width=4, scalar=1)
+    objective = _setup(make_objective("linf_mixture", eps_train=0.1, eps_test=0.05), epochs)
+    assert objective.p_epochs == pytest.approx((epochs / 13, epochs * 25 / 26))
+    last = epochs * batches - 1
+    for step in [*range(0, last, max(1, last // 97)), last]:
+        got = objective.schedule(model, step, batches)["p"]
+        want = _reference_p(step // batches, step % batches, epochs, batches)
+        assert got == want if math.isinf(want) else got == pytest.approx(want, rel=1e-12), step
+        assert get_p(model) == got
+    assert objective.schedule(model, 0, batches)["p"] == 8.0  # not ∞ from the first step
+    # ∞ for the last 1/26 of the run (a 3-epoch run of 7 batches ends just before: at p = 951)
+    assert (objective.schedule(model, last, batches)["p"] == INF) == (epochs > 3)
+    assert objective.params()["p_start_epoch"] is None  # recorded as given: unset
+
+
+def test_unset_p_ramp_at_the_v2_cifar_spec_values():
+    from certify.objectives import make_objective
+
+    objective = _setup(make_objective("linf_mixture", eps_train=0.1, eps_test=0.05), 1300)
+    assert objective.p_epochs == pytest.approx((100, 1250))  # what the CIFAR scripts set
+    model = build_model("linf_dist_net", num_classes=3, input_shape=(1, 2, 2), mean=(0.0,), std=(1.0,),
+                        depth=2, width=4, scalar=1)
+    for epoch, p in [(0, 8.0), (100, 8.0), (499, 42.72), (999, 348.60), (1199, 807.25), (1250, INF)]:
+        got = objective.schedule(model, epoch * 98, 98)["p"]
+        assert got == p if math.isinf(p) else got == pytest.approx(p, rel=2e-4), epoch
+
+
+def test_given_p_ramp_epochs_are_kept_and_one_given_value_combines_with_the_default():
+    from certify.objectives import make_objective
+
+    both = _setup(make_objective("linf_hinge", eps_train=0.2, eps_test=0.1, p_start_epoch=4,
+                                 p_end_epoch=11), 16)
+    assert both.p_epochs == (4.0, 11.0)
+    none = _setup(make_objective("linf_hinge", eps_train=0.2, eps_test=0.1, p_start_epoch=0,
+                                 p_end_epoch=0), 16)
+    model = build_model("linf_dist_net", num_classes=3, input_shape=(1, 2, 2), mean=(0.0,), std=(1.0,),
+                        depth=2, width=4)
+    assert none.schedule(model, 0, 10)["p"] == INF  # 0 and 0, given: no ramp, as before
+    end_only = _setup(make_objective("linf_hinge", eps_train=0.2, eps_test=0.1, p_end_epoch=10), 26)
+    assert end_only.p_epochs == (2.0, 10.0)
+    with pytest.raises(ParamError, match="p_end_epoch: unset, it is 15.3846.*after its end"):
+        _setup(make_objective("linf_hinge", eps_train=0.2, eps_test=0.1, p_start_epoch=20), 16)
+    with pytest.raises(RuntimeError, match="setup"):
+        make_objective("linf_hinge", eps_train=0.2, eps_test=0.1).schedule(model, 0, 10)
+
+
+def test_recipes_set_both_ramp_epochs_so_their_schedules_do_not_change():
+    from certify.objectives import make_objective
+    from certify.training.recipes import available_recipes, load_recipe
+
+    linf = [name for name in available_recipes() if "linf" in name]
+    assert len(linf) >= 8
+    for name in linf:
+        recipe = load_recipe(name)
+        objective = _setup(make_objective(recipe.config["objective"], **recipe.objective),
+                           recipe.config["epochs"])
+        assert objective.p_epochs == (float(recipe.objective["p_start_epoch"]),
+                                      float(recipe.objective["p_end_epoch"])), name
+
+
+def test_a_resumed_run_keeps_its_resolved_ramp_and_old_checkpoints_keep_their_meaning():
+    from certify.objectives import make_objective
+
+    first = _setup(make_objective("linf_mixture", eps_train=0.1, eps_test=0.05), 16)
+    state = first.state_dict()
+    assert state == {"p_epochs": [16 / 13, 16 * 25 / 26]}
+    resumed = _setup(make_objective("linf_mixture", eps_train=0.1, eps_test=0.05), 32)  # --epochs 32
+    resumed.load_state_dict(state)
+    assert resumed.p_epochs == pytest.approx((16 / 13, 16 * 25 / 26))
+    old = _setup(make_objective("linf_mixture", eps_train=0.1, eps_test=0.05), 16)
+    old.load_state_dict({})  # written when an unset ramp meant p = ∞ from the first step
+    assert old.p_epochs == (0.0, 0.0)

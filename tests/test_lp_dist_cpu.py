@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from certify.linf_dist import cpu_kernels, eager
+from certify.linf_dist import cpu_kernels, eager, usage
 from certify.linf_dist.ops import lp_dist
 from certify.linf_dist.reference import lp_dist_reference
 
@@ -209,12 +209,87 @@ def test_a_failing_variant_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(variant, "failed", False)
     monkeypatch.setattr(cpu_kernels, "_warned", set())
     x, w = torch.randn(4, 6), torch.randn(5, 6)
+    usage.counts(reset=True)
     with pytest.warns(RuntimeWarning, match="forward_general"):
         y = cpu_kernels.forward(x, w, 3.0)
     assert torch.allclose(y, lp_dist_reference(x, w, 3.0), rtol=1e-5)
     assert variant.failed
+    assert usage.counts() == {"eager": 1}  # recorded as what ran, not as compiled
 
 
 def test_available_is_false_off_the_cpu():
     assert not cpu_kernels.available(torch.zeros(2, device="meta"))
     assert not cpu_kernels.available(torch.zeros(2, dtype=torch.float16))
+
+
+# ---- which backend ran (the lp_dist_backend training metric) and the supported torch range ----
+
+def _pyproject_torch_requirement() -> str:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    (line,) = [d for d in tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+               if d.replace(" ", "").startswith("torch>") or d.replace(" ", "").startswith("torch<")]
+    return line.replace(" ", "")
+
+
+def test_the_supported_torch_runs_every_kernel_compiled(monkeypatch):
+    """Fails, rather than skips, when the compiled CPU path would silently run eager on a torch
+    that pyproject.toml declares supported: every variant (p = 8, general p, p = ∞ with and
+    without the argmax, both backwards, float32 and float64) must be counted as compiled."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    requirement = _pyproject_torch_requirement()
+    assert requirement == "torch" + cpu_kernels.TESTED_TORCH  # one declared range, in two places
+    assert Version(torch.__version__.split("+")[0]) in SpecifierSet(cpu_kernels.TESTED_TORCH), (
+        f"torch {torch.__version__} is outside the tested range {requirement}")
+    assert cpu_kernels.missing_internals() == []
+    monkeypatch.delenv("CERTIFY_LP_DIST_BACKEND", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "falling back to eager" warning either
+        assert cpu_kernels.available(torch.zeros(1))
+        usage.counts(reset=True)
+        for dtype in (torch.float32, torch.float64):
+            x = torch.randn(6, 10, dtype=dtype, requires_grad=True)
+            w = torch.randn(7, 10, dtype=dtype, requires_grad=True)
+            for p in (8.0, 20.0, 3.5, INF):
+                lp_dist(x, w, p).sum().backward()  # backend "auto": compiled on a CPU tensor
+                with torch.no_grad():
+                    lp_dist(x, w, p)
+    # per dtype: 4 forwards with grad, 4 without, 3 finite-p backwards (p = ∞'s is a scatter)
+    assert usage.counts() == {"compiled": 2 * (4 + 4 + 3)}
+
+
+def test_missing_torch_internals_are_named_in_one_line(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_probe_ok", None)
+    monkeypatch.setattr(cpu_kernels, "_warned", set())
+    monkeypatch.setattr(cpu_kernels, "missing_internals",
+                        lambda: ["torch._dynamo.config.recompile_limit"])
+    with pytest.warns(RuntimeWarning) as caught:
+        assert cpu_kernels.available(torch.zeros(2)) is False
+    (message,) = [str(w.message) for w in caught]
+    assert "\n" not in message
+    assert "lacks torch._dynamo.config.recompile_limit" in message
+    assert f"torch{cpu_kernels.TESTED_TORCH}" in message and "eager" in message
+
+
+def test_missing_internals_detects_an_absent_attribute(monkeypatch):
+    from torch._dynamo import config as dynamo
+
+    assert "torch._dynamo.config.recompile_limit" not in cpu_kernels.missing_internals()
+    monkeypatch.delattr(dynamo, "recompile_limit")
+    assert "torch._dynamo.config.recompile_limit" in cpu_kernels.missing_internals()
+
+
+def test_usage_counts_an_eager_fallback():
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    usage.counts(reset=True)
+    lp_dist(x, w, 8.0, backend="eager")
+    lp_dist(x, w, INF, backend="eager")
+    assert usage.counts(reset=True) == {"eager": 2}
+    assert usage.counts() == {}
+    assert usage.summary({"compiled": 9, "eager": 2}) == "compiled+eager"
+    assert usage.summary({"eager": 3}) == "eager" and usage.summary({}) == "none"

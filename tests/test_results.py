@@ -277,7 +277,9 @@ def test_merge_sidecars(tmp_path: Path) -> None:
     assert meta == {**common, "wall_time": 22.0, "hostname": "x", "merged_from": [str(a), str(b)],
                     "examples": 2, "complete": True, "command": "certify run m.pt --shard 0/2"}
     write_sidecar(b, {**common, "shard": "1/2", "examples": 1, "complete": False})
-    merge_results([a, b], tmp_path / "m1.tsv")
+    with pytest.raises(UserError, match="interrupted run"):
+        merge_results([a, b], tmp_path / "m1.tsv")
+    merge_results([a, b], tmp_path / "m1.tsv", allow_incomplete=True)
     assert read_sidecar(tmp_path / "m1.tsv")["complete"] is False  # one shard did not finish
 
     write_sidecar(b, {**common, "seed": 1, "shard": "1/2"})

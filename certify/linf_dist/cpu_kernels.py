@@ -20,9 +20,12 @@ the B×CO×CI tensor never exists, not even one chunk of it. Why it is built thi
   x is processed in blocks of rows that stay in L2 while each row of w is reused from L1.
 - The backward reductions run along the contiguous axis of transposed copies of the small operands
   (x, w, y, grad_y), which keeps every inner loop unit-stride.
-- If inductor cannot compile here (no C++ compiler, unsupported platform), ``available`` warns once
+- If this torch lacks the internals set or named here (``missing_internals``: dynamo's and fx's
+  tracing settings, inductor's realize thresholds, the recompile-limit exception) or inductor
+  cannot compile (no C++ compiler, unsupported platform), ``available`` warns once, in one line,
   and returns False so ``ops`` falls back to the eager backend; a variant that fails to compile
-  later warns once and runs eagerly from then on.
+  later warns once and runs eagerly from then on. Every call records which backend computed it
+  (``certify.linf_dist.usage``), so a silent fallback shows in the training log.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from certify.linf_dist import eager
+from certify.linf_dist import eager, usage
 from certify.linf_dist.eager import FLT_MIN, NORMALIZE_ABOVE_P, TINY
 
 # Calls estimated below this many p = 8 element-ops run on one thread (~1 ms of work on this CPU);
@@ -297,11 +300,12 @@ def _tracing_settings() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _threads(work: float) -> Iterator[None]:
-    """One OpenMP thread for small calls: a parallel region costs microseconds on an idle machine
-    but milliseconds when another process holds a core (the barrier waits for a time slice)."""
+def one_thread(when: bool = True) -> Iterator[None]:
+    """One OpenMP thread for the block (when ``when``): a parallel region costs microseconds on an
+    idle machine but milliseconds when another process holds a core (the barrier waits for a time
+    slice), so many small operations run faster on one thread."""
     threads = torch.get_num_threads()
-    if threads == 1 or work >= _PARALLEL_WORK:
+    if threads == 1 or not when:
         yield
         return
     torch.set_num_threads(1)
@@ -309,6 +313,11 @@ def _threads(work: float) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _threads(work: float) -> contextlib.AbstractContextManager[None]:
+    """One thread for calls below ``_PARALLEL_WORK`` element-operations."""
+    return one_thread(work < _PARALLEL_WORK)
 
 
 class _Variant:
@@ -377,8 +386,46 @@ def _work(x: Tensor, w: Tensor, cost: float) -> float:
     return float(x.shape[0]) * w.shape[0] * x.shape[1] * cost
 
 
+# The torch versions this backend is tested with (pyproject.toml's torch requirement says the same;
+# a test checks both): outside them the internals below may have moved.
+TESTED_TORCH = ">=2.4,<2.15"
+_MISSING = object()
+
+
+def missing_internals() -> list[str]:
+    """The torch internals this backend sets or names that this torch lacks (empty: all there)."""
+    import importlib
+
+    wanted = {"torch._dynamo.config": ("specialize_float", "recompile_limit"),
+              "torch.fx.experimental._config": ("use_duck_shape",),
+              "torch._inductor.config": ("realize_opcount_threshold", "realize_acc_reads_threshold",
+                                         "realize_reads_threshold", "cpp.dynamic_threads"),
+              "torch._dynamo.exc": ("FailOnRecompileLimitHit",)}
+    missing = []
+    for module_name, names in wanted.items():
+        try:
+            module: Any = importlib.import_module(module_name)
+        except Exception:  # noqa: BLE001 - any failure means the internals are not there
+            missing.append(module_name)
+            continue
+        for name in names:
+            target = module
+            for part in name.split("."):
+                target = getattr(target, part, _MISSING)
+            if target is _MISSING:
+                missing.append(f"{module_name}.{name}")
+    return missing
+
+
 def _probe() -> bool:
-    """Compile a tiny graph once: tells whether inductor's C++ toolchain works on this machine."""
+    """Compile a tiny graph once: tells whether inductor's C++ toolchain works on this machine,
+    after checking that this torch has the internals the compiled kernels rely on."""
+    missing = missing_internals()
+    if missing:
+        _warn_once("internals", f"lp_dist: torch {torch.__version__} lacks {', '.join(missing)}, "
+                                f"which the compiled CPU backend relies on (tested with torch"
+                                f"{TESTED_TORCH}); using the eager CPU backend")
+        return False
     try:
         probe = torch.compile(lambda t: (t * t).sum(-1), dynamic=False)
         with torch.no_grad():
@@ -411,6 +458,7 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     y = _run(*_forward_args(x, w, p), _work(x, w, 1 if p == 8.0 else _POW_COST))
     if y is None:
         return eager.forward(x, w, p)
+    usage.record("compiled")
     if p == 8.0:  # (NB, CO, TB) → (B, CO)
         y = y.transpose(1, 2).reshape(-1, w.shape[0])[:x.shape[0]].contiguous()
     return y
@@ -421,12 +469,21 @@ def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor 
     if with_index:
         exact = x.shape[1] <= (1 << 24 if x.dtype == torch.float32 else 1 << 53)  # iota is exact
         out = _run("forward_inf_index", _inf_index_args(x, w), _work(x, w, 1)) if exact else None
-        return eager.forward_inf(x, w, True) if out is None else out
+        if out is None:
+            return eager.forward_inf(x, w, True)
+        usage.record("compiled")
+        return out
     y = _run("forward_inf", (x, w), _work(x, w, 1))
-    return eager.forward_inf(x, w, False) if y is None else (y, None)
+    if y is None:
+        return eager.forward_inf(x, w, False)
+    usage.record("compiled")
+    return y, None
 
 
 def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """grad_x = Σ_o t, grad_w = −Σ_b t, t = grad_y·sign(q)|q|^(p−1), q = (x − w)/max(y, 1e-10)."""
     out = _run(*_backward_args(x, w, y, grad_y, p), _work(x, w, 2 if p == 8.0 else 2 * _POW_COST))
-    return eager.backward(x, w, y, grad_y, p) if out is None else out
+    if out is None:
+        return eager.backward(x, w, y, grad_y, p)
+    usage.record("compiled")
+    return out

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from certify.linf_dist import usage
+
 TINY = 1e-10
 FLT_MIN = 1.1754944e-38
 NORMALIZE_ABOVE_P = 10.0  # the v2 kernels' MIN_NORMALIZED_P
@@ -33,6 +35,7 @@ def _chunks(x: Tensor, w: Tensor):
 
 
 def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
+    usage.record("eager")
     y = x.new_empty(x.shape[0], w.shape[0])
     for lo, hi, d in _chunks(x, w):
         a = d.abs_()
@@ -45,6 +48,7 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
 
 
 def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor | None]:
+    usage.record("eager")
     y = x.new_empty(x.shape[0], w.shape[0])
     index = torch.empty(y.shape, dtype=torch.int64, device=x.device) if with_index else None
     for lo, hi, d in _chunks(x, w):
@@ -57,6 +61,7 @@ def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor 
 
 
 def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    usage.record("eager")
     grad_x = torch.zeros_like(x)
     grad_w = torch.empty_like(w)
     inv = 1.0 / y.clamp_min(TINY)

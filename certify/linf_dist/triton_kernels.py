@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from certify.linf_dist import eager
+from certify.linf_dist import eager, usage
 from certify.linf_dist.eager import FLT_MIN, NORMALIZE_ABOVE_P, TINY
 
 try:
@@ -238,6 +238,7 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     with _device_guard(x):
         _lp_forward_kernel[grid](x, w, y, B, CO, CI, p, IP=_integer_power(p), NORMALIZE=p > NORMALIZE_ABOVE_P,
                                  BLOCK_B=bb, BLOCK_CO=bco, BLOCK_CI=bci, num_warps=_NUM_WARPS)
+    usage.record("triton")
     return y
 
 
@@ -257,6 +258,7 @@ def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor 
     with _device_guard(x):
         _linf_forward_kernel[grid](x, w, y, y if index is None else index, B, CO, CI, WITH_INDEX=with_index,
                                    BLOCK_B=bb, BLOCK_CO=bco, BLOCK_CI=bci, num_warps=_NUM_WARPS)
+    usage.record("triton")
     return y, index
 
 
@@ -286,6 +288,7 @@ def _backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float,
         _lp_backward_kernel[(tiles_co, tiles_ci, split_b)](
             x, w, y, grad_y, grad_x, grad_w, B, CO, CI, rows_per_split, p, K=_integer_power(p) - 1,
             ATOMIC_X=atomic_x, ATOMIC_W=atomic_w, BLOCK_B=bb, BLOCK_CO=bco, BLOCK_CI=bci, num_warps=_NUM_WARPS)
+    usage.record("triton")
     return grad_x, grad_w
 
 

@@ -15,12 +15,14 @@ from typing import Any, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from certify.linf_dist import usage
 from certify.linf_dist.certifier import input_std, split_model
 from certify.linf_dist.layers import set_p
 from certify.linf_dist.nets import LinfDistHybrid
 from certify.linf_dist.schedules import lambda_at, p_at, ramp
 from certify.objectives.base import Objective
 from certify.params import Param, ParamError
+from certify.training.component import TrainingRun
 
 LINF_SCHEDULE_OPTIONS: tuple[Param, ...] = (
     Param("eps_train", None, "ℓ∞ nets: training ε in pixel units (the hinge threshold is θ = 2ε).",
@@ -29,15 +31,24 @@ LINF_SCHEDULE_OPTIONS: tuple[Param, ...] = (
           above=0),
     Param("p_start", 8.0, "ℓ∞ nets: initial p of the ℓp relaxation.", at_least=1),
     Param("p_end", 1000.0, "ℓ∞ nets: p reached at --p-end-epoch, then ∞ if ≥ 100.", at_least=1),
-    Param("p_start_epoch", 0.0, "ℓ∞ nets: epoch where p starts growing geometrically (v2 CIFAR: "
-          "100).", at_least=0),
-    Param("p_end_epoch", 0.0, "ℓ∞ nets: epoch where p reaches --p-end and switches to ∞ (v2 CIFAR: "
-          "1250).", at_least=0),
+    Param("p_start_epoch", None, "ℓ∞ nets: epoch where p starts growing geometrically (default: "
+          "100/1300 of --epochs, as the v2 reference's default; v2 CIFAR: 100; 0 and 0 with "
+          "--p-end-epoch: p = ∞ from the start).", at_least=0, reference="Zhang et al. 2022"),
+    Param("p_end_epoch", None, "ℓ∞ nets: epoch where p reaches --p-end and switches to ∞ (default: "
+          "1250/1300 of --epochs, as the v2 reference's default; v2 CIFAR: 1250).", at_least=0,
+          reference="Zhang et al. 2022"),
     Param("eps_start_epoch", 0.0, "ℓ∞ nets: start of a linear ε ramp (0 and 0: ε from the start).",
           at_least=0),
     Param("eps_end_epoch", 0.0, "ℓ∞ nets: end of the linear ε ramp.", at_least=0),
 )
 _DEFAULT = {p.name: p.default for p in LINF_SCHEDULE_OPTIONS}
+
+# An unset p ramp spans the v2 reference's default fractions of the run (main.py: --epochs
+# 0,0,100,1250,1300, i.e. p = 8 for 100 of 1300 epochs, the ramp until 1250, then p = ∞).
+REFERENCE_P_RAMP = (100 / 1300, 1250 / 1300)
+# What an unset ramp meant before it defaulted to those fractions: p = ∞ from the first step.
+# Checkpoints written then (their objective state lacks the resolved epochs) resume with it.
+_OLD_UNSET_RAMP = (0.0, 0.0)
 
 
 class _LinfObjective(Objective):
@@ -56,13 +67,60 @@ class _LinfObjective(Objective):
             raise ParamError("p_start", f"must be at most p_end ({p_end}), got {p_start}")
         self.eps_train, self.eps_test = float(eps_train), float(eps_test)
         self.p_start, self.p_end = float(p_start), float(p_end)
-        self.p_start_epoch, self.p_end_epoch = float(p_start_epoch), float(p_end_epoch)
+        # as given (None: the reference's fraction of the run, known at setup)
+        self.given_p_epochs = (None if p_start_epoch is None else float(p_start_epoch),
+                               None if p_end_epoch is None else float(p_end_epoch))
+        self.p_epochs: tuple[float, float] | None = None  # resolved by setup (or a resume)
+        if None not in self.given_p_epochs:
+            self.p_epochs = cast(tuple[float, float], self.given_p_epochs)
         self.eps_start_epoch, self.eps_end_epoch = float(eps_start_epoch), float(eps_end_epoch)
         self.p, self.eps, self.ratio = self.p_start, self.eps_train, 0.0
 
+    def setup(self, run: TrainingRun) -> None:
+        """Resolve an unset p ramp against the run's epochs (``REFERENCE_P_RAMP``)."""
+        self.resolve_p_epochs(run.config.epochs)
+
+    def resolve_p_epochs(self, epochs: int) -> tuple[float, float]:
+        """(p_start_epoch, p_end_epoch) of a run of ``epochs`` epochs: the given values, and the
+        reference's fractions of the run for those not given."""
+        start, end = (given if given is not None else fraction * epochs
+                      for given, fraction in zip(self.given_p_epochs, REFERENCE_P_RAMP))
+        if None in self.given_p_epochs and start > end:
+            unset = "p_start_epoch" if self.given_p_epochs[0] is None else "p_end_epoch"
+            raise ParamError(unset, f"unset, it is {start if unset == 'p_start_epoch' else end:g} "
+                                    f"(the v2 reference's fraction of {epochs} epochs), which puts "
+                                    f"the p ramp's start ({start:g}) after its end ({end:g}): set it")
+        self.p_epochs = (start, end)
+        return self.p_epochs
+
+    def state_dict(self) -> dict[str, Any]:
+        """The resolved ramp, so that a resumed run keeps it when --epochs grows."""
+        return {} if self.p_epochs is None else {"p_epochs": list(self.p_epochs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "p_epochs" in state:
+            start, end = state["p_epochs"]
+            self.p_epochs = (float(start), float(end))
+        elif None in self.given_p_epochs:  # written when an unset ramp meant p = ∞ throughout
+            start, end = self.given_p_epochs
+            self.p_epochs = (_OLD_UNSET_RAMP[0] if start is None else start,
+                             _OLD_UNSET_RAMP[1] if end is None else end)
+
+    def start_epoch(self, run: TrainingRun, epoch: int) -> dict[str, Any]:
+        usage.counts(reset=True)  # count this epoch's lp_dist calls only
+        return {}
+
+    def metrics(self) -> dict[str, Any]:
+        """``lp_dist_backend``: the backend(s) that computed this epoch's training and evaluation
+        passes (compiled, eager or triton; 'compiled+eager' shows a fallback)."""
+        return {"lp_dist_backend": usage.summary(usage.counts(reset=True))}
+
     def schedule(self, model: nn.Module, step: int, steps_per_epoch: int) -> dict[str, float]:
         """Set p on the model and this step's ε (and λ) before optimizer step ``step``."""
-        self.ratio = ramp(step, self.p_start_epoch, self.p_end_epoch, steps_per_epoch)
+        if self.p_epochs is None:
+            raise RuntimeError("the p ramp's epochs default to fractions of the run: call "
+                               "setup(run) or resolve_p_epochs(epochs) first (the trainer does)")
+        self.ratio = ramp(step, *self.p_epochs, steps_per_epoch)
         self.p = p_at(self.ratio, self.p_start, self.p_end)
         self.eps = self.eps_train * ramp(step, self.eps_start_epoch, self.eps_end_epoch, steps_per_epoch)
         set_p(model, self.p)
@@ -81,8 +139,8 @@ class _LinfObjective(Objective):
 
     def params(self) -> dict[str, Any]:
         return {"eps_train": self.eps_train, "eps_test": self.eps_test, "p_start": self.p_start,
-                "p_end": self.p_end, "p_start_epoch": self.p_start_epoch,
-                "p_end_epoch": self.p_end_epoch, "eps_start_epoch": self.eps_start_epoch,
+                "p_end": self.p_end, "p_start_epoch": self.given_p_epochs[0],
+                "p_end_epoch": self.given_p_epochs[1], "eps_start_epoch": self.eps_start_epoch,
                 "eps_end_epoch": self.eps_end_epoch}
 
 
