@@ -129,15 +129,16 @@ def reliability_diagram(confidences: Tensor, correct: Tensor, out_path: str | os
                align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", lw=0.6, label="gap")
         ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{title + ': ' if title else ''}ECE {100 * ece:.2f}% ({n_bins} bins)")
-        ax.legend(loc="upper left")
+        ax.set_ylim(0, 1.02)  # a bar at accuracy 1 stays visible below the frame's top
+        # below the axes: never over a bar, whichever side of the diagonal the bars fall
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
         fig.tight_layout()
         try:
             with atomic_writer(out, "wb") as f:
-                fig.savefig(f, format="png", dpi=150)
+                fig.savefig(f, format="png", dpi=150, bbox_inches="tight")
         except OSError as e:
             raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     finally:

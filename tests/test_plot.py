@@ -219,3 +219,25 @@ def test_figure_style_groups_and_formats(tmp_path: Path, monkeypatch) -> None:
     for suffix, magic in ((".svg", b"<?xml"), (".eps", b"%!PS-Adobe")):
         out = plot_certified_accuracy([perfect], ["x"], tmp_path / f"f{suffix}")
         assert out.read_bytes().startswith(magic)
+
+
+def test_reliability_diagram_keeps_its_legend_off_the_bars(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.figure
+    import torch
+
+    from certify.calibration import reliability_diagram
+
+    seen = []
+    real = matplotlib.figure.Figure.savefig
+
+    def recording(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        seen.append((ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted()).y1,
+                     ax.get_ylim(), kwargs.get("bbox_inches")))
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording)
+    conf = torch.linspace(0.5, 1.0, 200)
+    reliability_diagram(conf, torch.ones(200, dtype=torch.bool), tmp_path / "r.png", title="a long title " * 3)
+    ((legend_top, ylim, bbox),) = seen
+    assert legend_top < 0 and ylim[1] > 1.0 and bbox == "tight"  # below the axes; bars at 1 visible
