@@ -53,7 +53,7 @@ def test_registry_errors_are_user_errors():
         build_model("resnet9", **MNIST)
     with pytest.raises(UserError, match="lenet.*28×28.*3×32×32"):
         build_model("lenet", **CIFAR)
-    with pytest.raises(UserError, match="bad options"):
+    with pytest.raises(UserError, match="small_cnn' has no option depth"):
         build_model("small_cnn", **MNIST, depth=3)
 
 
