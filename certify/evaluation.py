@@ -13,11 +13,16 @@ classes are split into many-, medium- and few-shot groups by that *training* cou
 convention (> 100 / 20–100 / < 20 images on CIFAR-100-LT, n_max = 500), not Prior-LT's class-index
 thirds. By default the thresholds scale with the dataset: many = n_max/5, few = n_max/25. A
 certification TSV of ``certify run`` adds certified accuracy per class and per group.
+
+Probabilities are the softmax of the logits the model was trained to produce: a cosine-head model
+trained with LDAM outputs cosines in [-1, 1] that its loss multiplies by s (30 by default), so its
+probabilities are softmax(s·z) (:func:`logit_scale`). Accuracy and top-k do not depend on the scale;
+ECE, classwise ECE, the reliability diagram and average-k do, and are left undefined for a cosine
+head whose training record is missing.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from torch.utils.data import DataLoader
 from certify.calibration import classwise_ece, expected_calibration_error
 from certify.errors import UserError
 from certify.fsutil import atomic_write_text, check_output_path
+from certify.jsonutil import strict_dumps
 from certify.results import Results, check_writable, read_results, read_sidecar, sidecar_path
 from certify.set_prediction import (
     average_k_sets,
@@ -49,16 +55,60 @@ class Predictions:
     labels: Tensor  # (N,)
 
 
+@dataclass(frozen=True)
+class LogitScale:
+    """The factor the model's logits get before the softmax: the one its loss applied in training.
+
+    ``value`` None: unknown (a cosine head without a training record), so probabilities, hence
+    calibration and average-k, are undefined. ``source`` says where the value came from.
+    """
+
+    value: float | None
+    source: str
+
+
+def logit_scale(ckpt: Any) -> LogitScale:
+    """The logit scale of a checkpoint (:class:`LogitScale`), from what it records.
+
+    LADC that retrained a cosine head records the scale it trained with; a run trained with loss
+    ``ldam`` multiplies its logits by ``ldam_s`` (recorded when given, else the option's default,
+    30); any other training record means the loss saw the raw logits (scale 1). Without a training
+    record a plain head is taken as raw, and a cosine head's scale is unknown.
+    """
+    from certify.objectives.label_loss import LABEL_LOSS_OPTIONS
+    from certify.params import by_name
+
+    cosine = bool(ckpt.arch_kwargs.get("cosine_head"))
+    training = ckpt.training if isinstance(ckpt.training, Mapping) else {}
+    ladc = training.get("ladc")
+    if isinstance(ladc, Mapping) and ladc.get("cosine_scale") is not None:
+        value = float(ladc["cosine_scale"])
+        return LogitScale(value, f"LADC retrained the cosine head on {value:g}·logits")
+    config = training.get("config")
+    params = config.get("objective_params") if isinstance(config, Mapping) else None
+    if isinstance(params, Mapping):
+        if params.get("loss") == "ldam":
+            recorded = params.get("ldam_s")
+            value = float(by_name(LABEL_LOSS_OPTIONS)["ldam_s"].default if recorded is None else recorded)
+            return LogitScale(value, f"the s of loss ldam, {'as recorded' if recorded is not None else 'its default'}")
+        return LogitScale(1.0, f"raw logits, as loss {params.get('loss', 'ce')} trained them")
+    if cosine:
+        return LogitScale(None, "unknown: a cosine head (logits in [-1, 1]) without the training "
+                                "record that says how its loss scaled them")
+    return LogitScale(1.0, "raw logits")
+
+
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, dataset: Any, device: torch.device | str,
-                          batch_size: int = 1000) -> Predictions:
+                          batch_size: int = 1000, scale: float = 1.0) -> Predictions:
+    """Softmax of ``scale``·logits for every example of ``dataset`` (ℓ∞-dist nets at p = ∞)."""
     from certify.linf_dist.layers import INF, set_p
 
     model.eval()
     set_p(model, INF)  # no-op for models without ℓp-distance layers
     probs, labels = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size):
-        probs.append(model(x.to(device)).float().softmax(1).cpu())
+        probs.append((model(x.to(device)).float() * scale).softmax(1).cpu())
         labels.append(torch.as_tensor(y))
     return Predictions(torch.cat(probs), torch.cat(labels))
 
@@ -161,33 +211,45 @@ def _shots_section(per_class: Sequence[float], groups: Mapping[str, Any]) -> dic
 
 
 def report(pred: Predictions, k: int = 2, seed: int = 0, class_counts: Sequence[int] | None = None,
-           many: float | None = None, few: float | None = None) -> dict[str, Any]:
+           many: float | None = None, few: float | None = None,
+           scale: LogitScale | None = None) -> dict[str, Any]:
     """Every metric of the module docstring, as plain numbers.
+
+    ``scale``: how ``pred``'s probabilities were made (recorded as ``"logit_scale"`` and
+    ``"logit_scale_source"``); with an unknown value, ``"ece"``, ``"classwise_ece"`` and
+    ``"average_k"`` are None (the probabilities' scale is arbitrary).
 
     With ``class_counts`` (training images per class) the result also has ``"class_counts"``,
     ``"shot_thresholds"`` (``{"many": m, "few": f, "default": bool, "rule": text}``) and
     ``"shots"``: ``{"many": {"threshold": ">m", "classes": [...], "accuracy": x}, "medium": ...,
     "few": ...}``; see :func:`shot_groups` for ``many``/``few``.
     """
+    scale = scale or LogitScale(1.0, "raw logits")
+    defined = scale.value is not None
     per_class = per_class_accuracy(pred)
     present = [a for a in per_class if not math.isnan(a)]
     calibrate, held = slice(0, None, 2), slice(1, None, 2)
-    threshold = average_k_threshold(pred.probs[calibrate], k)
-    tie = average_k_tie_fraction(pred.probs[calibrate], k, threshold)
     probs, labels = pred.probs[held], pred.labels[held]
-    avg_sets = average_k_sets(probs, threshold, tie, generator=torch.Generator().manual_seed(seed))
     top_sets = top_k_sets(probs, k)
+    average_k = None
+    if defined:
+        threshold = average_k_threshold(pred.probs[calibrate], k)
+        tie = average_k_tie_fraction(pred.probs[calibrate], k, threshold)
+        avg_sets = average_k_sets(probs, threshold, tie, generator=torch.Generator().manual_seed(seed))
+        average_k = {"threshold": threshold, "set_size": mean_set_size(avg_sets),
+                     "set_error": set_error(avg_sets, labels)}
     metrics: dict[str, Any] = {
         "examples": len(pred.labels),
         "accuracy": (pred.probs.argmax(1) == pred.labels).float().mean().item(),
         "balanced_accuracy": sum(present) / len(present),
         "per_class_accuracy": per_class,
-        "ece": expected_calibration_error(pred.probs, pred.labels),
-        "classwise_ece": classwise_ece(pred.probs, pred.labels),
+        "logit_scale": scale.value,
+        "logit_scale_source": scale.source,
+        "ece": expected_calibration_error(pred.probs, pred.labels) if defined else None,
+        "classwise_ece": classwise_ece(pred.probs, pred.labels) if defined else None,
         "k": k,
         "top_k": {"set_size": mean_set_size(top_sets), "set_error": set_error(top_sets, labels)},
-        "average_k": {"threshold": threshold, "set_size": mean_set_size(avg_sets),
-                      "set_error": set_error(avg_sets, labels)},
+        "average_k": average_k,
     }
     if class_counts is not None:
         counts = _check_counts(class_counts)
@@ -203,17 +265,24 @@ def report(pred: Predictions, k: int = 2, seed: int = 0, class_counts: Sequence[
 def format_report(metrics: dict[str, Any], classes: tuple[str, ...] | None = None) -> str:
     """The report as aligned text lines."""
     k = metrics["k"]
+    value, source = metrics.get("logit_scale", 1.0), metrics.get("logit_scale_source", "raw logits")
+    undefined = "undefined (the logit scale is unknown)"
+    avg = metrics["average_k"]
     lines = [
         f"examples           {metrics['examples']}",
         f"accuracy           {metrics['accuracy']:.4f}",
         f"balanced accuracy  {metrics['balanced_accuracy']:.4f}",
-        f"ECE (15 bins)      {metrics['ece']:.4f}",
-        f"classwise ECE      {metrics['classwise_ece']:.4f}",
+        "logit scale        " + (source if value is None else f"{value:g} ({source})" if value == 1
+                                  else f"{value:g}: probabilities = softmax({value:g}·logits) ({source})"),
+        f"ECE (15 bins)      {_fmt(metrics['ece'])}" if metrics["ece"] is not None
+        else f"ECE (15 bins)      {undefined}",
+        f"classwise ECE      {_fmt(metrics['classwise_ece'])}" if metrics["classwise_ece"] is not None
+        else f"classwise ECE      {undefined}",
         f"top-{k} sets        size {metrics['top_k']['set_size']:.3f}  error "
         f"{metrics['top_k']['set_error']:.4f}   (odd-indexed half)",
-        f"average-{k} sets    size {metrics['average_k']['set_size']:.3f}  error "
-        f"{metrics['average_k']['set_error']:.4f}   (threshold {metrics['average_k']['threshold']:.4g} "
-        f"from the even-indexed half)",
+        f"average-{k} sets    size {avg['set_size']:.3f}  error {avg['set_error']:.4f}   (threshold "
+        f"{avg['threshold']:.4g} from the even-indexed half)" if avg is not None
+        else f"average-{k} sets    {undefined}",
     ]
     counts = metrics.get("class_counts")
     if metrics.get("shots") is not None:
@@ -230,8 +299,8 @@ def class_name(c: int, classes: Sequence[str] | None) -> str:
     return classes[c] if classes and c < len(classes) else str(c)
 
 
-def _fmt(x: float, spec: str = ".4f") -> str:
-    return "   n/a" if math.isnan(x) else f"{x:{spec}}"
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "   n/a" if x is None or math.isnan(x) else f"{x:{spec}}"
 
 
 def _class_list(classes: Sequence[int]) -> str:
@@ -240,7 +309,8 @@ def _class_list(classes: Sequence[int]) -> str:
 
 
 def format_shot_lines(thresholds: Mapping[str, Any], shots: Mapping[str, Any]) -> list[str]:
-    """The many/medium/few-shot accuracy lines, thresholds and class lists stated."""
+    """The many/medium/few-shot accuracy lines, thresholds and class lists stated; a group without
+    classes gets no line."""
     lines = ["shot groups        by training images per class (OLTR convention, not Prior-LT's "
              "class-index thirds)",
              f"  thresholds       many-shot > {thresholds['many']:g}, medium {thresholds['few']:g}-"
@@ -248,8 +318,9 @@ def format_shot_lines(thresholds: Mapping[str, Any], shots: Mapping[str, Any]) -
              f"{thresholds['source']}"]
     for shot in SHOTS:
         g = shots[shot]
-        lines.append(f"  {shot + '-shot':<12} {g['threshold']:<12} {_fmt(g['accuracy'])}   "
-                     f"{_class_list(g['classes'])}")
+        if g["classes"]:
+            lines.append(f"  {shot + '-shot':<12} {g['threshold']:<12} {_fmt(g['accuracy'])}   "
+                         f"{_class_list(g['classes'])}")
     return lines
 
 
@@ -356,7 +427,7 @@ def format_certified_report(cert: Mapping[str, Any], classes: Sequence[str] | No
     lines.append(row("all", "-", str(cert["rows"]), cert["overall"]))
     if cert.get("shots") is not None:
         lines.append("certified accuracy per shot group (mean over the group's classes)")
-        for shot in SHOTS:
+        for shot in (s for s in SHOTS if cert["shots"][s]["classes"]):  # empty groups: no line
             g = cert["shots"][shot]
             lines.append(f"  {shot + '-shot':<12} {g['threshold']:<12}"
                          + "".join(f"{_fmt(v):>{width}}" for v in g["accuracy"])
@@ -410,6 +481,10 @@ def run_evaluation(spec: EvalSpec) -> EvalReport:
 
     ckpt = load_checkpoint(spec.checkpoint)
     _check_spec(spec, ckpt.num_classes)
+    scale = logit_scale(ckpt)
+    if scale.value is None and spec.diagram is not None:
+        raise UserError(f"--diagram: the reliability diagram needs probabilities, and the logit "
+                        f"scale of {spec.checkpoint} is {scale.source}")
     counts = ckpt.training.get("class_counts")
     if counts is not None and len(counts) != ckpt.num_classes:
         raise UserError(f"{spec.checkpoint} records {len(counts)} training class counts for "
@@ -418,8 +493,9 @@ def run_evaluation(spec: EvalSpec) -> EvalReport:
     names = dataset_info(ckpt.dataset).classes
     classes = names if len(names) == ckpt.num_classes else None
     data = load_dataset(ckpt.dataset, spec.split, data_dir=spec.data_dir)
-    pred = predict_probabilities(ckpt.build_model(spec.device), data, spec.device, spec.batch)
-    metrics = report(pred, spec.k, class_counts=counts, many=spec.many, few=spec.few)
+    pred = predict_probabilities(ckpt.build_model(spec.device), data, spec.device, spec.batch,
+                                 scale=1.0 if scale.value is None else scale.value)
+    metrics = report(pred, spec.k, class_counts=counts, many=spec.many, few=spec.few, scale=scale)
     cert = None
     if certified is not None:
         results, split, radii, norm = certified
@@ -513,6 +589,6 @@ def _write_outputs(spec: EvalSpec, evaluation: EvalReport, pred: Predictions) ->
         extra: dict[str, Any] = {} if counts is not None else {"class_counts": None, "shots": None}
         if cert is not None:
             extra["certified"] = cert
-        atomic_write_text(spec.json_out, json.dumps({"checkpoint": str(spec.checkpoint),
-                                                     "split": spec.split, **evaluation.metrics,
-                                                     **extra}, indent=2) + "\n")
+        atomic_write_text(spec.json_out, strict_dumps({"checkpoint": str(spec.checkpoint),
+                                                       "split": spec.split, **evaluation.metrics,
+                                                       **extra}, indent=2) + "\n")  # NaN → null

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from certify.checkpoint import Checkpoint
 from certify.errors import UserError
@@ -53,8 +54,8 @@ class GeneratedFeatures:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset: Any, device: torch.device | str, batch_size: int = 1000,
-                     noise_sigma: float | None = None,
-                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                     noise_sigma: float | None = None, generator: torch.Generator | None = None,
+                     progress: bool = False) -> tuple[Tensor, Tensor]:
     """Penultimate features (the input of the classifier head) and labels of every item.
 
     With ``noise_sigma`` the features are those of ``x + σ·N(0, I)``, one draw per image from the
@@ -68,7 +69,8 @@ def extract_features(model: nn.Module, dataset: Any, device: torch.device | str,
     model.eval()
     labels = []
     try:
-        for x, y in DataLoader(dataset, batch_size=batch_size):
+        batches = DataLoader(dataset, batch_size=batch_size)
+        for x, y in tqdm(batches, desc="ladc: features", unit="batch", leave=False, disable=not progress):
             if noise_sigma:
                 x = x + noise_sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
             model(x.to(device))
@@ -188,16 +190,14 @@ def _reinitialize(head: nn.Linear | NormedLinear, generator: torch.Generator | N
     head.cpu()  # the same init on every device; Module.to keeps the parameter objects
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        if isinstance(head, NormedLinear):
-            head.weight.uniform_(-1, 1)  # NormedLinear's constructor init
-        else:
-            head.reset_parameters()
+        head.reset_parameters()  # NormedLinear's is the reference's unit-norm init
     head.to(device)
 
 
 def retrain_head(head: nn.Linear | NormedLinear, features: Tensor, labels: Tensor, epochs: int = 10, lr: float = 0.1,
                  batch_size: int = 512, generator: torch.Generator | None = None,
-                 weight_decay: float = WEIGHT_DECAY, cosine_scale: float = COSINE_SCALE) -> list[float]:
+                 weight_decay: float = WEIGHT_DECAY, cosine_scale: float = COSINE_SCALE,
+                 progress: bool = False) -> list[float]:
     """Re-initialize ``head`` and train it alone on (features, labels); returns each epoch's mean loss.
 
     A fresh start, as in decoupled classifier retraining: the old weights carry the long-tail
@@ -218,7 +218,7 @@ def retrain_head(head: nn.Linear | NormedLinear, features: Tensor, labels: Tenso
     head.train()
     losses = []
     with torch.enable_grad():
-        for _ in range(epochs):
+        for _ in tqdm(range(epochs), desc="ladc: head", unit="epoch", leave=False, disable=not progress):
             order = torch.randperm(len(features), generator=generator).to(device)
             total = 0.0
             for start in range(0, len(order), batch_size):
@@ -251,7 +251,7 @@ def calibrate_checkpoint(ckpt: Checkpoint, train_dataset: Any, class_counts: Seq
                          device: torch.device | str, *, k: int = 3, alpha: float = 0.0,
                          tukey_lambda: float = 1.0, epochs: int = 10, lr: float = 0.1,
                          batch_size: int = 512, seed: int = 0,
-                         feature_batch_size: int = 1000) -> Checkpoint:
+                         feature_batch_size: int = 1000, progress: bool = False) -> Checkpoint:
     """A new checkpoint whose classifier head LADC retrained; ``ckpt`` itself is left unchanged.
 
     ``train_dataset`` must be the data ``ckpt`` was trained on (no augmentation), ``class_counts``
@@ -270,7 +270,8 @@ def calibrate_checkpoint(ckpt: Checkpoint, train_dataset: Any, class_counts: Seq
                         f"layer") from None
     sigma = float(ckpt.certification["sigma"]) if ckpt.certification.get("kind") == "smoothing" else None
     generator = torch.Generator().manual_seed(seed)
-    features, labels = extract_features(model, train_dataset, device, feature_batch_size, sigma, generator)
+    features, labels = extract_features(model, train_dataset, device, feature_batch_size, sigma, generator,
+                                        progress=progress)
     found = torch.bincount(labels, minlength=ckpt.num_classes).tolist()
     if class_counts is not None and list(class_counts) != found:
         raise UserError(f"the training data has {found} images per class but the checkpoint records "
@@ -284,7 +285,7 @@ def calibrate_checkpoint(ckpt: Checkpoint, train_dataset: Any, class_counts: Seq
     except ValueError as err:
         raise UserError(f"LADC: {err}") from None
     retrain_head(head, torch.cat([tukey(features, tukey_lambda), generated.features]),
-                 torch.cat([labels, generated.labels]), epochs, lr, batch_size, generator)
+                 torch.cat([labels, generated.labels]), epochs, lr, batch_size, generator, progress=progress)
     record = {"k": k, "alpha": alpha, "tukey_lambda": tukey_lambda, "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "seed": seed, "weight_decay": WEIGHT_DECAY,
               "cosine_scale": COSINE_SCALE if isinstance(head, NormedLinear) else None,
@@ -317,6 +318,7 @@ class LadcSpec:
     device: torch.device | str = "cpu"
     data_dir: str | None = None
     command: str = ""  # recorded in the calibrated checkpoint
+    progress: bool = False  # progress bars on stderr for the feature pass and the head's epochs
 
 
 @dataclass
@@ -332,7 +334,15 @@ class LadcReport:
 
 def run_ladc(spec: LadcSpec) -> LadcReport:
     """Calibrate ``spec.checkpoint`` on the exact data it was trained on, measure test accuracy
-    before and after (the only evidence LADC helped) and save the result to ``spec.out``."""
+    before and after (the only evidence LADC helped) and save the result to ``spec.out``, holding
+    its lock throughout."""
+    from certify.locks import output_lock
+
+    with output_lock(spec.out):
+        return _run_ladc(spec)
+
+
+def _run_ladc(spec: LadcSpec) -> LadcReport:
     from certify.checkpoint import load_checkpoint, save_checkpoint
     from certify.data import dataset_info, load_dataset
     from certify.training.views import checkpoint_training_data
@@ -349,7 +359,7 @@ def run_ladc(spec: LadcSpec) -> LadcReport:
     counts = ckpt.training.get("class_counts") or data.class_counts  # older checkpoints lack it
     new = calibrate_checkpoint(ckpt, data.train, counts, spec.device, k=spec.k, alpha=spec.alpha,
                                tukey_lambda=spec.tukey_lambda, epochs=spec.epochs, lr=spec.lr,
-                               batch_size=spec.batch, seed=spec.seed)
+                               batch_size=spec.batch, seed=spec.seed, progress=spec.progress)
     after = _test_accuracies(new, test_set, spec.device)
     new.metrics = {"test_acc": round(after[0], 5), "test_balanced_acc": round(after[1], 5),
                    "test_acc_before_ladc": round(before[0], 5),

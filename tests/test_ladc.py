@@ -241,8 +241,10 @@ def test_cli_end_to_end(fake_fmnist, tmp_path, capsys):
     out = tmp_path / "ladc.pt"
     code = cli("ladc", tmp_path / "m.pt", "--out", out, "--epochs", "2", "--batch", "8", "--seed", "2",
                "--device", "cpu", "--data-dir", fake_fmnist)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 0, printed
+    assert "ladc: features" in captured.err and "ladc: head" in captured.err  # progress bars
     assert "generated      3" in printed and "before  test accuracy" in printed and f"wrote {out}" in printed
     ckpt = load_checkpoint(out)
     assert ckpt.command  # set by the command; calibrate_checkpoint leaves it empty
@@ -251,3 +253,6 @@ def test_cli_end_to_end(fake_fmnist, tmp_path, capsys):
     assert record["source"] == load_checkpoint(tmp_path / "m.pt").sha256 and record["noise_sigma"] == 0.25
     assert {"test_acc", "test_balanced_acc", "test_acc_before_ladc"} <= set(ckpt.metrics)
     assert not math.isnan(ckpt.metrics["test_balanced_acc"]) and ckpt.resume_state == {}
+    assert cli("ladc", tmp_path / "m.pt", "--out", tmp_path / "quiet.pt", "--epochs", "1", "--batch", "8",
+               "--device", "cpu", "--data-dir", fake_fmnist, "--quiet") == 0
+    assert "ladc:" not in capsys.readouterr().err

@@ -161,9 +161,9 @@ def test_logit_clip_is_continuous_and_safe_at_zero() -> None:
     assert torch.equal(z.grad, torch.ones_like(z))
 
 
-def test_logit_clip_legacy_official_rescales_to_one_over_tau() -> None:
+def test_logit_clip_official_form_rescales_to_one_over_tau() -> None:
     z = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64)  # norms 5 and 0.5
-    c = clip_logits(z, 2.0, legacy_official=True)
+    c = clip_logits(z, 2.0, form="official")
     assert torch.linalg.vector_norm(c[0]).item() == pytest.approx(0.5, rel=1e-6)  # 1/τ, not τ
     assert torch.equal(c[1], z[1])
 

@@ -31,8 +31,9 @@ from certify.cli.options import command_line, data_dir_option, device_option, pi
                    "re-initialization and the shuffling.")
 @device_option
 @data_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def ladc_command(checkpoint: Path, out: Path, k: int, alpha: float, tukey_lambda: float, epochs: int,
-                 lr: float, batch: int, seed: int, device: str, data_dir: str | None) -> None:
+                 lr: float, batch: int, seed: int, device: str, data_dir: str | None, quiet: bool) -> None:
     """Label-aware distribution calibration (LADC): retrain CHECKPOINT's last layer on a
     rebalanced feature set, keeping the rest of the network.
 
@@ -58,7 +59,7 @@ def ladc_command(checkpoint: Path, out: Path, k: int, alpha: float, tukey_lambda
 
     spec = LadcSpec(checkpoint=checkpoint, out=out, k=k, alpha=alpha, tukey_lambda=tukey_lambda,
                     epochs=epochs, lr=lr, batch=batch, seed=seed, device=pick_device(device),
-                    data_dir=data_dir, command=command_line())
+                    data_dir=data_dir, command=command_line(), progress=not quiet)
     click.echo(format_ladc(run_ladc(spec)))
     click.echo(f"wrote {out}")
 

@@ -22,9 +22,10 @@ from certify.losses.cals import (
     update_multipliers,
     update_rho,
 )
-from certify.losses.logit_clip import LogitClipLoss, clip_logits
+from certify.losses.logit_clip import LOGIT_CLIP_FORMS, LogitClipLoss, clip_logits
 
 __all__ = [
+    "LOGIT_CLIP_FORMS",
     "AlphaLoss",
     "CALSMultipliers",
     "LogitClipLoss",

@@ -16,13 +16,25 @@ class NormedLinear(nn.Module):
     """``normalize(x) @ normalize(W)ᵀ``: a bias-free linear layer on unit vectors.
 
     The weight is stored (out, in) like ``nn.Linear``'s (the reference stores it transposed), so
-    code that reads a head's weight rows works for both.
+    code that reads a head's weight rows works for both. The init is the reference's: uniform on
+    [-1, 1], then each class vector rescaled to norm 1 (``reset_parameters``).
     """
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1))
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The reference's ``weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`` on its
+        (in, out) weight: the same draws from the global generator, in the same order, and every
+        class vector (a column there, a row here) of norm 1 (up to renorm's 1e-7 in the divisor)."""
+        reference = torch.empty(self.in_features, self.out_features, device=self.weight.device,
+                                dtype=self.weight.dtype)
+        reference.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+        self.weight.copy_(reference.t())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from certify.errors import UserError
-from certify.losses import CALSMultipliers, alpha_loss, clip_logits
+from certify.losses import LOGIT_CLIP_FORMS, CALSMultipliers, alpha_loss, clip_logits
 from certify.losses.absgd import ABSGDWeighting
 from certify.losses.long_tail import CB_BETA, TAU_RULES, bayias_logits, ldam_logits, ldam_margins, vs_logits
 from certify.objectives.base import Objective
@@ -45,11 +45,16 @@ LABEL_LOSS_OPTIONS: tuple[Param, ...] = (
           "(needs --val-count), or for long-tailed data LDAM (cosine head, s = 30), VS or Bayias "
           "(= logit adjustment with τ = 1).", kind=str, choices=LOSSES),
     Param("label_smoothing", 0.0, "--loss ce: label smoothing ε.", at_least=0, below=1),
-    Param("alpha", 1.0, "--loss alpha: α (1 = CE, ½ exponential, inf = 1 − p_y; > 1 for noisy "
-          "labels).", above=0, reference="Sypherd et al. 2022"),
+    Param("alpha", 1.0, "--loss alpha: α of the α-loss (1 = CE, ½ exponential, inf = 1 − p_y; > 1 "
+          "for noisy labels).", above=0, reference="Sypherd et al. 2022",
+          flag="loss_alpha", aliases=("alpha",)),
     Param("logit_clip", None, "LogitClip: clamp the logit vector's p-norm to τ before the loss "
           "(training only; default: off).", above=0, reference="Wei et al. 2023"),
     Param("logit_clip_p", 2.0, "LogitClip: the norm's p.", at_least=1),
+    # paper (default): rescale to norm τ; official: the released code, rescale to 1/τ on ‖z‖+1e-7
+    Param("logit_clip_form", "paper", "LogitClip: the paper's form (rows with norm > τ rescaled to "
+          "norm τ) or the official code's (threshold τ on ‖z‖ + 1e-7, rescaled to norm 1/τ).",
+          kind=str, choices=LOGIT_CLIP_FORMS, reference="Wei et al. 2023; hongxin001/LogitClip"),
     Param("cals_margin", 10.0, "CALS: the logit-distance margin m.", above=0,
           reference="Liu et al. 2023"),
     Param("ldam_max_m", 0.5, "LDAM: the rarest class's margin (margins ∝ n^(-1/4)).", above=0,
@@ -92,6 +97,7 @@ class LabelLoss:
     def __init__(self, loss: str = _DEFAULT["loss"], label_smoothing: float = _DEFAULT["label_smoothing"],
                  alpha: float = _DEFAULT["alpha"], logit_clip: float | None = _DEFAULT["logit_clip"],
                  logit_clip_p: float = _DEFAULT["logit_clip_p"],
+                 logit_clip_form: str = _DEFAULT["logit_clip_form"],
                  cals_margin: float = _DEFAULT["cals_margin"], ldam_max_m: float = _DEFAULT["ldam_max_m"],
                  ldam_s: float = _DEFAULT["ldam_s"], vs_gamma: float = _DEFAULT["vs_gamma"],
                  vs_tau: float = _DEFAULT["vs_tau"], reweight: str = _DEFAULT["reweight"],
@@ -104,12 +110,15 @@ class LabelLoss:
                          owner="the label loss")  # types and ranges; the rules between them follow
         if values["label_smoothing"] and loss != "ce":
             raise ParamError("label_smoothing", "applies to loss ce only")
+        if logit_clip is None and values["logit_clip_form"] != _DEFAULT["logit_clip_form"]:
+            raise ParamError("logit_clip_form", "applies with logit_clip only")
         if loss == "cals" and (reweight != "none" or unimix):
             raise ParamError("loss", "cals does not combine with reweight or unimix")
         cdb_tau = values["cdb_tau"]
         self.loss, self.label_smoothing, self.alpha = loss, float(label_smoothing), float(alpha)
         self.logit_clip = None if logit_clip is None else float(logit_clip)
         self.logit_clip_p, self.cals_margin = float(logit_clip_p), float(cals_margin)
+        self.logit_clip_form = str(values["logit_clip_form"])
         self.ldam_max_m, self.ldam_s = float(ldam_max_m), float(ldam_s)
         self.vs_gamma, self.vs_tau = float(vs_gamma), float(vs_tau)
         try:
@@ -188,7 +197,7 @@ class LabelLoss:
 
     def __call__(self, logits: Tensor, targets: Tensor | MixedTargets) -> Tensor:
         if self.logit_clip is not None:  # training only: test-time logits stay as they are
-            logits = clip_logits(logits, self.logit_clip, self.logit_clip_p)
+            logits = clip_logits(logits, self.logit_clip, self.logit_clip_p, form=self.logit_clip_form)
         if self.loss == "cals":
             if self.cals is None:
                 self.cals = CALSMultipliers(logits.shape[1], margin=self.cals_margin)
@@ -284,6 +293,8 @@ class LabelLoss:
             params |= {"vs_gamma": self.vs_gamma, "vs_tau": self.vs_tau}
         if self.logit_clip is not None:
             params |= {"logit_clip": self.logit_clip, "logit_clip_p": self.logit_clip_p}
+            if self.logit_clip_form != _DEFAULT["logit_clip_form"]:
+                params["logit_clip_form"] = self.logit_clip_form
         if self.reweighting.rule != "none":
             params |= self.reweighting.params()
         if self.unimix is not None:
