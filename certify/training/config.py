@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from certify.objectives.gaussian import SIGMA
 from certify.params import Param, ParamError, resolve
 from certify.training.data import DATA_OPTIONS
 from certify.training.example_weighting import ABSGD
@@ -98,7 +99,7 @@ class TrainConfig:
         if unknown:
             raise ParamError(unknown[0], "is not a training option", known=tuple(_OWNER))
         self.objective = objective
-        self.objective_params = dict({"sigma": 0.25} if objective_params is None else objective_params)
+        self.objective_params = dict({"sigma": SIGMA.default} if objective_params is None else objective_params)
         for section in SECTIONS:
             own = {p.name: values.get(p.name, _copy(p.default)) for p in section.options}
             object.__setattr__(self, section.name, Settings(own))
@@ -162,8 +163,3 @@ class TrainConfig:
 
 def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else value
-
-
-def section_of(option: str) -> str | None:
-    """The section that owns a training option (None: not a section option)."""
-    return _OWNER.get(option)

@@ -42,12 +42,13 @@ def cdb_example_weights(targets: Tensor, counts: Tensor, difficulty: Tensor,
     return per_class[targets]
 
 
+SAMPLER_TAU = Param("sampler_tau", "dynamic", "CDB-S: exponent τ (a number, dynamic or dynamic-imagenet).",
+                    kind="float|str", choices=TAU_RULES, metavar="TAU|dynamic", reference="Sinha et al. 2022")
 SAMPLER_OPTIONS: tuple[Param, ...] = (
     Param("sampler", "none", "Draw each epoch's images with replacement: class-balanced (LDAM's "
           "Resample) or cdb (CDB-S, classes ∝ validation difficulty^τ; needs --balanced-val).",
           kind=str, choices=("none", "class-balanced", "cdb")),
-    Param("sampler_tau", "dynamic", "CDB-S: exponent τ (a number, dynamic or dynamic-imagenet).",
-          kind="float|str", choices=TAU_RULES, metavar="TAU|dynamic", reference="Sinha et al. 2022"),
+    SAMPLER_TAU,
     Param("sampler_floor", 0.0, "CDB-S: floor on the difficulty, so a class perfect on validation "
           "is still drawn (0: the paper's rule).", at_least=0, at_most=1),
 )
@@ -62,7 +63,7 @@ class ExampleSampling(TrainingComponent):
 
     def __init__(self, settings: Any):
         self.rule = settings.sampler
-        self.tau: str | float = SAMPLER_OPTIONS[1].check(settings.sampler_tau)  # "0.5" -> 0.5
+        self.tau: str | float = SAMPLER_TAU.check(settings.sampler_tau)  # "0.5" -> 0.5
         self.floor = float(settings.sampler_floor)
         self.targets: Tensor | None = None
         self.counts = torch.zeros(0)
