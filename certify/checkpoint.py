@@ -120,8 +120,10 @@ def load_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                 f"{path} was trained on {ckpt.dataset} ({'×'.join(map(str, ckpt.input_shape))}); "
                 f"--dataset {dataset} is {'×'.join(map(str, other.input_shape))}: drop --dataset, "
                 f"the checkpoint knows its data")
-        if sigma is not None and ckpt.certification.get("kind") == "smoothing":
-            ckpt.certification["sigma"] = float(sigma)  # an explicit σ overrides the training σ
+        if sigma is not None and ckpt.certification.get("kind") in ("smoothing", "none"):
+            # an explicit σ overrides the training σ; a model trained without noise gets smoothed
+            # at that σ (the undefended baseline), which the runner notes
+            ckpt.certification = {"kind": "smoothing", "sigma": float(sigma)}
     else:
         ckpt = _from_reference(raw, path, dataset, sigma)
     ckpt.path = path

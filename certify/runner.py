@@ -189,9 +189,14 @@ def _trained_sigma(ckpt: Any, sigma: float | None) -> float | None:
     if sigma is None:
         return None
     if ckpt.certification.get("kind") != "smoothing":
-        raise UserError(f"--sigma applies to randomized-smoothing checkpoints; {ckpt.path} is "
-                        f"{ckpt.certification.get('kind')}")
-    trained = ckpt.training.get("config", {}).get("objective_params", {}).get("sigma")
+        raise UserError(f"--sigma applies to randomized-smoothing checkpoints and models trained "
+                        f"without a certificate; {ckpt.path} is {ckpt.certification.get('kind')}")
+    config = ckpt.training.get("config", {})
+    if config.get("objective") == "classify":
+        print(f"note: {ckpt.path} was trained without noise (objective classify), not for σ = "
+              f"{sigma}: its smoothed classifier is the undefended baseline", file=sys.stderr)
+        return 0.0
+    trained = config.get("objective_params", {}).get("sigma")
     if trained is None or float(trained) == float(sigma):
         return None
     print(f"note: {ckpt.path} was trained at σ = {trained}; certifying it at σ = {sigma} as asked "

@@ -3,6 +3,8 @@ inside the objectives, CALS's per-epoch hook, and the susceptibility probe."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_cli import cli
@@ -116,6 +118,13 @@ def test_cli_flags(fake_fmnist, tmp_path, capsys):
     capsys.readouterr()
     assert cli("run", plain, "--out", tmp_path / "r.tsv", "--data-dir", fake_fmnist) == 2
     assert "trained without a certificate (objective classify)" in capsys.readouterr().err
+    # at an explicit σ it is certified as the undefended baseline, noted and recorded
+    assert cli("run", plain, "--out", tmp_path / "r.tsv", "--data-dir", fake_fmnist, "--sigma", "0.25",
+               "--count", "2", "--n", "64", "--n0", "8", "-q") == 0
+    assert "trained without noise (objective classify), not for σ = 0.25" in capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "r.tsv.json").read_text())
+    assert (sidecar["sigma"], sidecar["trained_sigma"], sidecar["method"]) == (0.25, 0.0, "cohen")
+    assert len((tmp_path / "r.tsv").read_text().splitlines()) == 3
     assert cli("eval", plain, "--data-dir", fake_fmnist, "--json", tmp_path / "e.json") == 0
     assert "average-2 sets" in capsys.readouterr().out
     assert (tmp_path / "e.json").exists()

@@ -86,7 +86,8 @@ def _method_names() -> list[str]:
               help="Only for reference checkpoints ({'arch','state_dict'}): their dataset.")
 @click.option("--sigma", type=click.FloatRange(0, min_open=True), default=None,
               help="Noise level σ; required for reference checkpoints, otherwise overrides the "
-                   "training σ recorded in the checkpoint.")
+                   "training σ recorded in the checkpoint, or smooths a model trained without "
+                   "noise (--objective classify: the undefended baseline).")
 @device_option
 @data_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")

@@ -50,7 +50,8 @@ def method_for(ckpt: Checkpoint, name: str | None = None) -> type[CertificationM
     if kind == "none":
         raise UserError(f"{ckpt.path} was trained without a certificate (objective "
                         f"{ckpt.training.get('config', {}).get('objective', '?')}): "
-                        f"'certify eval' reports its accuracy and calibration")
+                        f"'certify eval' reports its accuracy and calibration; --sigma S certifies its "
+                        f"smoothed classifier (the undefended baseline)")
     if name is None:
         return default_method(kind)
     if name not in METHODS:
