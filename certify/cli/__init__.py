@@ -20,6 +20,8 @@ COMMAND_MODULES: dict[str, tuple[str, str]] = {
     "run": ("certify.cli.run",
         "Certify CHECKPOINT on a dataset split: a prediction and a certified radius per "
         "example."),
+    "predict": ("certify.cli.run",
+        "Predict with CHECKPOINT's smoothed classifier, abstaining when unsure."),
     "merge": ("certify.cli.run",
         "Join the TSV files of 'certify run --shard' into the rows of one run (sorted by "
         "index)."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,12 +156,42 @@ def merge_command(shards: tuple[Path, ...], out: Path, force: bool, allow_incomp
     _print_summary([out])
 
 
+def _predict_command() -> click.Command:
+    """``certify predict``: ``certify run --method predict`` with only the options predict takes."""
+    from certify.methods import METHODS, all_options
+
+    others = set(all_options()) - {option.name for option in METHODS["predict"].options}
+    params = [p for p in run_command.params if p.name != "method" and p.name not in others]
+    assert run_command.callback is not None
+    return click.Command(
+        "predict", params=params, callback=functools.partial(run_command.callback, method="predict"),
+        help="""Predict with CHECKPOINT's smoothed classifier, abstaining when unsure.
+
+        Each example gets --n noisy votes; the top class is returned when the two-sided binomial
+        test of its votes against the runner-up's rejects at --alpha (Hung & Fithian), otherwise
+        the row abstains (predict -1). With probability ≥ 1 − α a prediction is g(x). Rows are
+        those of 'certify run' with radius 0 and a pvalue column, as the reference's predict.py
+        (whose README uses --n 1000); the same as 'certify run --method predict'.
+
+        \b
+        Example:
+          certify predict models/m.pt --out m.predict.tsv --skip 20 --n 1000
+        """)
+
+
 def _print_summary(paths: list[Path]) -> None:
     from certify.results import read_results, read_sidecar
     from certify.summary import default_radii, summary_table
 
     results = [read_results(p) for p in paths]
     sidecar = read_sidecar(paths[0]) or {}
+    if sidecar.get("method") == "predict":
+        rows = results[0]
+        accuracy = float(rows.correct.mean()) if len(rows) else 0.0
+        abstained = float((rows.predict < 0).mean()) if len(rows) else 0.0
+        click.echo(f"smoothed classifier on {len(rows)} examples: accuracy {accuracy:.3f}, "
+                   f"abstained {abstained:.1%} (N = {sidecar.get('n')}, α = {sidecar.get('alpha')})")
+        return
     norm = sidecar.get("norm", "l2")
     click.echo(f"certified accuracy at {'ℓ∞' if norm == 'linf' else 'ℓ2'} radius r (pixel units):")
     click.echo(summary_table(results, [str(p) for p in paths], default_radii(results, norm)))
@@ -171,4 +202,6 @@ def _print_summary(paths: list[Path]) -> None:
                    f"at the same N ({full / passes:.1f}× fewer)")
 
 
-COMMANDS = [run_command, merge_command]
+predict_command = _predict_command()
+
+COMMANDS = [run_command, merge_command, predict_command]

@@ -26,9 +26,10 @@ from certify.methods.base import (
 )
 from certify.methods.cohen import Cohen
 from certify.methods.linf_bounds import LinfBounds
+from certify.methods.predict import Predict
 from certify.methods.sequential import Sequential
 
-METHODS: dict[str, type[CertificationMethod]] = {m.name: m for m in (Cohen, Sequential, LinfBounds)}
+METHODS: dict[str, type[CertificationMethod]] = {m.name: m for m in (Cohen, Sequential, LinfBounds, Predict)}
 
 __all__ = ["METHODS", "CertificationMethod", "MethodOption", "OptionError", "Row", "RunContext",
            "all_options", "default_method", "epoch_check", "example_generator", "example_seed", "make_method",

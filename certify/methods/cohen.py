@@ -28,9 +28,9 @@ from certify.smoothing.core import PRECISIONS, Smooth
 N0 = MethodOption("n0", 100, "Noise samples that select the class.", kind=int, at_least=1)
 N = MethodOption("n", 100_000,
                  "Noise samples that estimate the class's probability (sequential: at most this "
-                 "many). The largest certifiable radius is σ·Φ⁻¹(α^(1/N)): 3.81σ at 100000, 3.20σ at "
-                 "10000, 2.46σ at 1000 (sequential, whose last round has 3/4 of α: 3.80σ, 3.19σ, "
-                 "2.45σ).", kind=int, at_least=1)
+                 "many; predict: the votes its test counts). The largest certifiable radius is "
+                 "σ·Φ⁻¹(α^(1/N)): 3.81σ at 100000, 3.20σ at 10000, 2.46σ at 1000 (sequential, "
+                 "whose last round has 3/4 of α: 3.80σ, 3.19σ, 2.45σ).", kind=int, at_least=1)
 ALPHA = MethodOption("alpha", 0.001, "Failure probability of each certificate.", above=0, below=1)
 PRECISION = MethodOption("precision", "fp32",
                          "dtype of the base classifier's forward; noise is always fp32.", kind=str,

@@ -65,14 +65,21 @@ class Smooth:
 
         With probability ≥ 1 − α the answer is ``ABSTAIN`` or g(x).
         """
-        n, batch_size = check_counts(n=n, batch_size=batch_size)
         check_alpha(alpha)
-        self.base_classifier.eval()
-        counts = self._count_votes(x, n, batch_size, generator)
-        (count_1, count_2), (top_1, _) = (t.tolist() for t in counts.topk(2))
+        top_1, count_1, count_2 = self.top_two_votes(x, n, batch_size, generator)
         if top_two_test_pvalue(count_1, count_2) > alpha:
             return Smooth.ABSTAIN
         return top_1
+
+    def top_two_votes(self, x: torch.Tensor, n: int, batch_size: int,
+                      generator: torch.Generator | None = None) -> tuple[int, int, int]:
+        """The most voted class among n noisy copies of x, its votes and the runner-up's votes:
+        what ``predict``'s test needs (and what a caller reports as its p-value)."""
+        n, batch_size = check_counts(n=n, batch_size=batch_size)
+        self.base_classifier.eval()
+        counts = self._count_votes(x, n, batch_size, generator)
+        (count_1, count_2), (top_1, _) = (t.tolist() for t in counts.topk(2))
+        return top_1, count_1, count_2
 
     def _count_votes(self, x: torch.Tensor, num: int, batch_size: int,
                      generator: torch.Generator | None) -> torch.Tensor:
