@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from certify.linf_dist import cpu_kernels, eager, usage
+from certify.linf_dist import cpu_kernels, eager, native, usage
 from certify.linf_dist.ops import lp_dist
 from certify.linf_dist.reference import lp_dist_reference
 
@@ -208,7 +208,7 @@ def test_a_failing_variant_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(variant, "ready", set())
     monkeypatch.setattr(variant, "failed", False)
     monkeypatch.setattr(cpu_kernels, "_warned", set())
-    x, w = torch.randn(4, 6), torch.randn(5, 6)
+    x, w = torch.randn(4, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)  # float32: native
     usage.counts(reset=True)
     with pytest.warns(RuntimeWarning, match="forward_general"):
         y = cpu_kernels.forward(x, w, 3.0)
@@ -259,8 +259,40 @@ def test_the_supported_torch_runs_every_kernel_compiled(monkeypatch):
                 lp_dist(x, w, p).sum().backward()  # backend "auto": compiled on a CPU tensor
                 with torch.no_grad():
                     lp_dist(x, w, p)
-    # per dtype: 4 forwards with grad, 4 without, 3 finite-p backwards (p = ∞'s is a scatter)
-    assert usage.counts() == {"compiled": 2 * (4 + 4 + 3)}
+    # per dtype: 4 forwards with grad, 4 without, 3 finite-p backwards (p = ∞'s is a scatter);
+    # float32 at p ≠ 8 runs native (6 calls at p = 20 and 3.5, 2 at ∞), where a C compiler works
+    assert native.available(torch.zeros(1)), native.unavailable_reason()
+    assert usage.counts() == {"compiled": 11 + 3, "native": 8}
+
+
+def test_without_a_c_compiler_the_compiled_kernels_serve_every_p(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("CERTIFY_CACHE", str(tmp_path / "cache"))
+    x, w = torch.randn(4, 6, requires_grad=True), torch.randn(5, 6)
+    with pytest.warns(RuntimeWarning, match="cannot build the native CPU kernels") as caught:
+        assert not native.available(x)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    usage.counts(reset=True)
+    y = lp_dist(x, w, 8.5)
+    y.sum().backward()
+    assert torch.allclose(y, lp_dist_reference(x, w, 8.5), rtol=1e-5)
+    assert usage.counts() == {"compiled": 2}
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_the_native_library_is_built_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setenv("CERTIFY_CACHE", str(tmp_path))
+    assert native.available(torch.zeros(1))
+    (built,) = (tmp_path / "native").glob("*.so")
+    assert built == native.library_path()
+    assert list((tmp_path / "native").iterdir()) == [built]  # no temporary file left behind
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setattr(native, "_build", lambda target: pytest.fail("rebuilt a cached library"))
+    assert native.available(torch.zeros(1))
 
 
 def test_missing_torch_internals_are_named_in_one_line(monkeypatch):

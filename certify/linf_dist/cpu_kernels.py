@@ -1,5 +1,9 @@
 """CPU backend of ``lp_dist``: torch.compile (inductor) fused reductions over the B×CO×CI space.
 
+In float32, every p but 8 goes to the native kernels (``certify.linf_dist.native``: one evaluation
+of each term for both gradients, full vector width) when they can be built; p = 8 and float64 run
+here.
+
 Same contract and numerics as ``certify.linf_dist.eager`` (see its docstring), but each call runs
 compiled C++ loops that recompute ``x[b, i] − w[o, i]`` on the fly and reduce it in registers, so
 the B×CO×CI tensor never exists, not even one chunk of it. Why it is built this way:
@@ -31,6 +35,8 @@ the B×CO×CI tensor never exists, not even one chunk of it. Why it is built thi
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -40,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from certify.linf_dist import eager, usage
+from certify.linf_dist import eager, native, usage
 from certify.linf_dist.eager import FLT_MIN, NORMALIZE_ABOVE_P, TINY
 
 # Calls estimated below this many p = 8 element-ops run on one thread (~1 ms of work on this CPU);
@@ -417,9 +423,18 @@ def missing_internals() -> list[str]:
     return missing
 
 
+class _NoCudaRuntimeNote(logging.Filter):
+    """Drops torch's "No CUDA runtime is found" warning, which inductor's first compile prints in
+    the middle of a progress bar on machines with CUDA files but no GPU (nothing is wrong)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
 def _probe() -> bool:
     """Compile a tiny graph once: tells whether inductor's C++ toolchain works on this machine,
     after checking that this torch has the internals the compiled kernels rely on."""
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeNote())
     missing = missing_internals()
     if missing:
         _warn_once("internals", f"lp_dist: torch {torch.__version__} lacks {', '.join(missing)}, "
@@ -453,8 +468,15 @@ def available(x: Tensor) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The backend contract (see certify.linf_dist.eager).
 
+def _native_serves(x: Tensor, p: float) -> bool:
+    """float32 at any p but 8 (whose squaring loop here is faster) goes to the native kernels."""
+    return p != 8.0 and native.available(x)
+
+
 def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     """y[b, o] = ‖x[b] − w[o]‖_p for finite p ≥ 1 (unnormalized for p ≤ 10, normalized above)."""
+    if _native_serves(x, p):
+        return native.forward(x, w, p)
     y = _run(*_forward_args(x, w, p), _work(x, w, 1 if p == 8.0 else _POW_COST))
     if y is None:
         return eager.forward(x, w, p)
@@ -466,6 +488,8 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
 
 def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor | None]:
     """y = max_i |x_i − w_i| and, if asked, the signed first argmax (``i`` or ``−(i + 1)``)."""
+    if _native_serves(x, math.inf):
+        return native.forward_inf(x, w, with_index)
     if with_index:
         exact = x.shape[1] <= (1 << 24 if x.dtype == torch.float32 else 1 << 53)  # iota is exact
         out = _run("forward_inf_index", _inf_index_args(x, w), _work(x, w, 1)) if exact else None
@@ -482,6 +506,8 @@ def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor 
 
 def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """grad_x = Σ_o t, grad_w = −Σ_b t, t = grad_y·sign(q)|q|^(p−1), q = (x − w)/max(y, 1e-10)."""
+    if _native_serves(x, p):
+        return native.backward(x, w, y, grad_y, p)
     out = _run(*_backward_args(x, w, y, grad_y, p), _work(x, w, 2 if p == 8.0 else 2 * _POW_COST))
     if out is None:
         return eager.backward(x, w, y, grad_y, p)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-BACKEND_NAMES = ("compiled", "eager", "triton")
+BACKEND_NAMES = ("compiled", "native", "eager", "triton")
 
 _counts: Counter[str] = Counter()
 _lock = threading.Lock()
@@ -33,6 +33,6 @@ def counts(reset: bool = False) -> dict[str, int]:
 
 
 def summary(used: dict[str, int]) -> str:
-    """'compiled', 'eager', 'triton', several joined by '+' (most calls first), or 'none'."""
+    """'compiled', 'native', 'eager', 'triton', several joined by '+' (most calls first), or 'none'."""
     names = sorted((name for name, n in used.items() if n), key=lambda name: (-used[name], name))
     return "+".join(names) or "none"

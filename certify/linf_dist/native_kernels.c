@@ -1,0 +1,194 @@
+/* Native float32 CPU kernels of lp_dist for general p and p = ∞ (see certify/linf_dist/native.py).
+ *
+ * Plain C with GCC vector extensions (8 floats, one AVX register), no Python or torch headers, so
+ * it compiles in about a second. Every function takes a range of rows (b0..b1 or o0..o1): the
+ * caller runs ranges on several threads. Rows have CI floats, a multiple of lp_lanes() (the caller
+ * pads with zeros: a padded coordinate has d = 0 and adds nothing).
+ *
+ * z^p is 2^(p·log2 z): log2 from the float's bits and a polynomial (as the compiled kernels do),
+ * 2^v from a polynomial times 2^n built in the exponent bits. Terms whose exponent falls below
+ * min_exp are 0 (the compiled kernels' flush; it also keeps every result a normal float).
+ */
+#include <stdint.h>
+#include <math.h>
+
+#ifndef LANES
+#ifdef __AVX512F__
+#define LANES 16 /* one AVX-512 register; the caller pads rows to lp_lanes() */
+#else
+#define LANES 8
+#endif
+#endif
+typedef float vf __attribute__((vector_size(4 * LANES))); /* LANES floats */
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+#define ROWS 4 /* rows processed together: each loaded row of the other operand serves ROWS */
+
+int lp_lanes(void) { return LANES; }
+
+static const float TINY = 1e-10f;
+static const float FLT_MIN_ = 1.1754944e-38f;
+
+static inline vf load(const float *p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline vf splat(float a) { return (vf){0} + a; }
+static inline vf vabs(vf v) { return (vf)((vi)v & 0x7FFFFFFF); }
+static inline vf select(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+static inline vf vmax(vf a, vf b) { return select(a > b, a, b); }
+static inline float hsum(vf v) { float s = 0; for (int k = 0; k < LANES; k++) s += v[k]; return s; }
+static inline float hmax(vf v) { float m = v[0]; for (int k = 1; k < LANES; k++) m = v[k] > m ? v[k] : m; return m; }
+
+/* log2 z for finite z >= 0: z = 2^e·m, m in [0.75, 1.5), log2 m = s·P(s²), s = (m−1)/(m+1)
+ * (relative error 2.5e-9 on m; 0 gives about −127). The coefficients of cpu_kernels._LOG2_ODD. */
+static inline vf vlog2(vf z) {
+    vi t = (vi)z - 0x3F400000;
+    vf m = (vf)((t & 0x7FFFFF) + 0x3F400000);
+    vf s = (m - 1.0f) / (m + 1.0f);
+    vf s2 = s * s;
+    vf e = __builtin_convertvector(t >> 23, vf);
+    return e + s * (2.8853900747000205f + s2 * (0.9618022823030903f +
+                    s2 * (0.5763892298650551f + s2 * 0.43919066613588165f)));
+}
+
+/* 2^v for v in [min_exp, 0.5], min_exp >= −126; 0 below min_exp. v = n + f with n an integer and
+ * |f| <= 1/2; 2^f = e^(f·ln 2) by its Taylor series to degree 7 (relative error < 1e-8). */
+static inline vf vexp2(vf v, float min_exp) {
+    vf low = splat(min_exp);
+    vi keep = v >= low;
+    v = vmax(v, low);
+    vi n = __builtin_convertvector(v - 0.5f, vi); /* truncation: n = ceil(v − 1/2) for v <= 1/2 */
+    vf t = (v - __builtin_convertvector(n, vf)) * 0.6931471805599453f;
+    vf poly = 1.0f + t * (1.0f + t * (0.5f + t * (1.0f / 6 + t * (1.0f / 24 + t * (1.0f / 120 +
+               t * (1.0f / 720 + t * (1.0f / 5040)))))));
+    vf scale = (vf)((n + 127) << 23);
+    return (vf)((vi)(poly * scale) & keep);
+}
+
+/* ---------------------------------------------------------------- finite p, forward
+ * y[b, o] = m·(Σ_i (|d_i|/m)^p)^(1/p), m = max(max_i |d_i|, 1e-10): the normalized form at every
+ * p (no overflow); for p <= 10 the result is then raised to FLT_MIN^(1/p), the floor of the
+ * unnormalized form the reference uses there. */
+static inline void forward_rows(const float *x, const float *w, float *y, int64_t CO, int64_t CI,
+                                int64_t b, int rows, float p, float floor_y) {
+    for (int64_t o = 0; o < CO; o++) {
+        const float *wo = w + o * CI;
+        vf mx[ROWS], acc[ROWS], inv[ROWS];
+        for (int k = 0; k < rows; k++) mx[k] = splat(0.0f);
+        for (int64_t i = 0; i < CI; i += LANES) {
+            vf wv = load(wo + i);
+            for (int k = 0; k < rows; k++) mx[k] = vmax(mx[k], vabs(load(x + (b + k) * CI + i) - wv));
+        }
+        float m[ROWS];
+        for (int k = 0; k < rows; k++) {
+            m[k] = hmax(mx[k]);
+            m[k] = m[k] > TINY ? m[k] : TINY;
+            inv[k] = splat(1.0f / m[k]);
+            acc[k] = splat(0.0f);
+        }
+        vf pv = splat(p);
+        for (int64_t i = 0; i < CI; i += LANES) {
+            vf wv = load(wo + i);
+            for (int k = 0; k < rows; k++) {
+                vf r = vabs(load(x + (b + k) * CI + i) - wv) * inv[k];
+                acc[k] += vexp2(pv * vlog2(r), -126.0f);
+            }
+        }
+        for (int k = 0; k < rows; k++) {
+            float v = m[k] * powf(hsum(acc[k]), 1.0f / p);
+            y[(b + k) * CO + o] = v > floor_y ? v : floor_y;
+        }
+    }
+}
+
+void lp_forward(const float *x, const float *w, float *y, int64_t CO, int64_t CI, int64_t b0,
+                int64_t b1, float p) {
+    float floor_y = p <= 10.0f ? powf(FLT_MIN_, 1.0f / p) : 0.0f;
+    int64_t b = b0;
+    for (; b + ROWS <= b1; b += ROWS) forward_rows(x, w, y, CO, CI, b, ROWS, p, floor_y);
+    for (; b < b1; b++) forward_rows(x, w, y, CO, CI, b, 1, p, floor_y);
+}
+
+/* ---------------------------------------------------------------- p = ∞, forward
+ * y[b, o] = max_i |d_i| and, when index != 0, the first i reaching it, stored as i if d_i >= 0 and
+ * −(i + 1) if d_i < 0. Each lane keeps its first maximum (strict >); the smallest index among the
+ * lanes holding the maximum is then the first overall. */
+static inline void forward_inf_rows(const float *x, const float *w, float *y, int64_t *index,
+                                    int64_t CO, int64_t CI, int64_t b, int rows) {
+    vi lane;
+    for (int l = 0; l < LANES; l++) lane[l] = l;
+    for (int64_t o = 0; o < CO; o++) {
+        const float *wo = w + o * CI;
+        vf mx[ROWS];
+        vi at[ROWS];
+        for (int k = 0; k < rows; k++) { mx[k] = splat(-1.0f); at[k] = lane; }
+        for (int64_t i = 0; i < CI; i += LANES) {
+            vf wv = load(wo + i);
+            vi here = lane + (int32_t)i;
+            for (int k = 0; k < rows; k++) {
+                vf a = vabs(load(x + (b + k) * CI + i) - wv);
+                if (index) {
+                    vi up = a > mx[k];
+                    at[k] = (here & up) | (at[k] & ~up);
+                }
+                mx[k] = vmax(a, mx[k]);
+            }
+        }
+        for (int k = 0; k < rows; k++) {
+            float m = hmax(mx[k]);
+            y[(b + k) * CO + o] = m;
+            if (!index) continue;
+            int32_t first = INT32_MAX;
+            for (int l = 0; l < LANES; l++)
+                if (mx[k][l] == m && at[k][l] < first) first = at[k][l];
+            if (first == INT32_MAX) first = 0; /* NaN everywhere */
+            float d = x[(b + k) * CI + first] - wo[first];
+            index[(b + k) * CO + o] = d < 0 ? -(int64_t)first - 1 : first;
+        }
+    }
+}
+
+void lp_forward_inf(const float *x, const float *w, float *y, int64_t *index, int64_t CO,
+                    int64_t CI, int64_t b0, int64_t b1) {
+    int64_t b = b0;
+    for (; b + ROWS <= b1; b += ROWS) forward_inf_rows(x, w, y, index, CO, CI, b, ROWS);
+    for (; b < b1; b++) forward_inf_rows(x, w, y, index, CO, CI, b, 1);
+}
+
+/* ---------------------------------------------------------------- finite p, backward
+ * t = g[b, o]·sign(q)·|q|^(p−1), q = d·r[b, o] (r = 1/max(y, 1e-10)), evaluated once per element
+ * and added to both gradients: grad_w[o] −= t (rows o0..o1, owned by this call) and gx[b] += t
+ * (this call's own partial sum over its outputs, which the caller adds up). */
+static inline void backward_rows(const float *x, const float *w, const float *r, const float *g,
+                                 float *gx, float *gw, int64_t B, int64_t CO, int64_t CI, int64_t o,
+                                 int rows, float pm1, float min_exp) {
+    vf pv = splat(pm1);
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * CI;
+        float *gxb = gx + b * CI;
+        vf rk[ROWS], gk[ROWS];
+        for (int k = 0; k < rows; k++) {
+            rk[k] = splat(r[b * CO + o + k]);
+            gk[k] = splat(g[b * CO + o + k]);
+        }
+        for (int64_t i = 0; i < CI; i += LANES) {
+            vf xv = load(xb + i), sum = splat(0.0f);
+            for (int k = 0; k < rows; k++) {
+                vf d = xv - load(w + (o + k) * CI + i);
+                vf t = vexp2(pv * vlog2(vabs(d * rk[k])), min_exp) * gk[k];
+                vi sign = (vi)d & (int32_t)0x80000000;
+                t = (vf)(((vi)t ^ sign) & (d != 0.0f)); /* sign(0) = 0 */
+                sum += t;
+                float *gwo = gw + (o + k) * CI + i;
+                store(gwo, load(gwo) - t);
+            }
+            store(gxb + i, load(gxb + i) + sum);
+        }
+    }
+}
+
+void lp_backward(const float *x, const float *w, const float *r, const float *g, float *gx,
+                 float *gw, int64_t B, int64_t CO, int64_t CI, int64_t o0, int64_t o1, float pm1,
+                 float min_exp) {
+    int64_t o = o0;
+    for (; o + ROWS <= o1; o += ROWS) backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, ROWS, pm1, min_exp);
+    for (; o < o1; o++) backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, 1, pm1, min_exp);
+}
