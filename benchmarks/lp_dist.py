@@ -4,7 +4,10 @@ One run prints, for p = 8, a non-integer p ≤ 10, a large p and p = ∞, the fo
 forward+backward throughput in G element-ops/s (one element-op = one (b, o, i) triple, so a call
 costs B·CO·CI element-ops) of:
 
-  ours       lp_dist with the default backend (compiled on the CPU, Triton on a GPU)
+  ours       lp_dist with the default backend (on the CPU: the native kernels for float32 at
+             p ≠ 8, the compiled ones otherwise; Triton on a GPU)
+  inductor   on the CPU, lp_dist with the native kernels disabled: the compiled (torch.compile)
+             kernels at every p, as before the native ones existed
   eager      lp_dist(backend="eager"), the chunked PyTorch backend
   cdist      torch.cdist(x, w, p)
   reference  the naive broadcast reference (materializes B×CO×CI; skipped when too big)
@@ -23,7 +26,7 @@ these FLOP counts per element-op (minimal algorithmic counts, special functions 
   p = ∞        forward 2 (sub, max; |·| is a bit operation);  backward 0 (a scatter per output)
 
 Examples:
-  python benchmarks/lp_dist.py --repeats 3                       # CPU, B=512, CI=CO=1024
+  python benchmarks/lp_dist.py --repeats 3 --baseline-rows 64    # CPU, B=512, CI=CO=1024
   python benchmarks/lp_dist.py --device cuda --json out.json     # GPU, B=512, CI=CO=5120
   python benchmarks/lp_dist.py --baseline-rows 64                # slow baselines on 64 rows only
 """
@@ -45,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from certify.linf_dist import native  # noqa: E402
 from certify.linf_dist.ops import lp_dist  # noqa: E402
 from certify.linf_dist.reference import lp_dist_reference  # noqa: E402
 
@@ -70,11 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CI (default 1024 on the CPU, 5120 on a GPU)")
     parser.add_argument("--out-features", type=int, default=None,
                         help="CO (default 1024 on the CPU, 5120 on a GPU)")
-    parser.add_argument("--p", type=float, nargs="+", default=[8.0, 8.5, 100.0, math.inf],
-                        help="p values (default 8 8.5 100 inf)")
+    parser.add_argument("--p", type=float, nargs="+", default=[8.0, 8.5, 100.0, 1000.0, math.inf],
+                        help="p values (default 8 8.5 100 1000 inf)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
-    parser.add_argument("--impls", nargs="+", default=["ours", "eager", "cdist", "reference", "triton"],
+    parser.add_argument("--impls", nargs="+",
+                        default=["ours", "inductor", "eager", "cdist", "reference", "triton"],
                         help="implementations to run (default: all that apply)")
     parser.add_argument("--no-reference", action="store_true", help="skip the naive reference")
     parser.add_argument("--reference-max-gib", type=float, default=4.0,
@@ -120,11 +125,35 @@ def measure(fn: Callable[[], None], device: torch.device, repeats: int, slow_cap
     return {"first_s": first, "median_s": statistics.median(times), "samples": count}
 
 
+def compiled_without_native(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
+    """The compiled CPU backend with the native kernels off, forward and backward."""
+
+    class Off(torch.autograd.Function):  # keeps them off for the backward, run later by autograd
+        @staticmethod
+        def forward(ctx, a, b):
+            with native.disabled():
+                with torch.enable_grad():
+                    ctx.a, ctx.b = a.detach().requires_grad_(), b.detach().requires_grad_()
+                    ctx.y = lp_dist(ctx.a, ctx.b, p, backend="compiled")
+            return ctx.y.detach()
+
+        @staticmethod
+        def backward(ctx, grad_y):
+            with native.disabled():
+                return torch.autograd.grad(ctx.y, (ctx.a, ctx.b), grad_y)
+
+    if not torch.is_grad_enabled():
+        with native.disabled():
+            return lp_dist(a, b, p, backend="compiled")
+    return Off.apply(a, b)
+
+
 def implementations(args: argparse.Namespace, device: torch.device,
                     x: torch.Tensor) -> dict[str, Callable[..., torch.Tensor]]:
     impls: dict[str, Callable[..., torch.Tensor]] = {
         "ours": lambda a, b, p: lp_dist(a, b, p),
         "eager": lambda a, b, p: lp_dist(a, b, p, backend="eager"),
+        "inductor": compiled_without_native,
         "cdist": lambda a, b, p: torch.cdist(a, b, p=p),
         "reference": lp_dist_reference,
     }
@@ -138,6 +167,8 @@ def implementations(args: argparse.Namespace, device: torch.device,
                 print("triton: not available on this device, skipped")
         except Exception as error:  # an absent or broken optional backend only skips its rows
             print(f"triton: import failed ({type(error).__name__}: {error}), skipped")
+    if device.type != "cpu":
+        impls.pop("inductor")
     return {name: fn for name, fn in impls.items() if name in args.impls}
 
 
@@ -169,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for p in args.p:
         for name, op in impls.items():
-            rows = args.batch if name in ("ours", "triton") else baseline_rows
+            rows = args.batch if name in ("ours", "inductor", "triton") else baseline_rows
             x = x_full[:rows].contiguous()
             element_ops = rows * co * ci
             if name == "reference":

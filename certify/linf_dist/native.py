@@ -17,6 +17,7 @@ deliberate difference: the forward uses the normalized form ``m·(Σ(|d|/m)^p)^(
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -25,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -127,9 +128,24 @@ def _get() -> ctypes.CDLL | None:
     return _library
 
 
+_disabled = 0  # > 0 inside ``disabled()``
+
+
 def available(x: Tensor) -> bool:
     """True for float32 CPU tensors once the library is built (tried once; never raises)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and _get() is not None
+    return not _disabled and x.device.type == "cpu" and x.dtype == torch.float32 and _get() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the block without the native kernels (the compiled ones take over): the "before" rows
+    of the benchmarks, in the same process as the "after" ones."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
 
 
 def unavailable_reason() -> str | None:
