@@ -504,6 +504,15 @@ def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor 
     return y, None
 
 
+def backward_inf(index: Tensor, grad_y: Tensor, x_shape: torch.Size,
+                 w_shape: torch.Size) -> tuple[Tensor, Tensor] | None:
+    """p = ∞'s gradients from the saved signed index: the native scatter, or None (``ops`` then
+    scatters with torch)."""
+    if not native.available(grad_y):
+        return None
+    return native.backward_inf(index, grad_y, x_shape, w_shape)
+
+
 def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """grad_x = Σ_o t, grad_w = −Σ_b t, t = grad_y·sign(q)|q|^(p−1), q = (x − w)/max(y, 1e-10)."""
     if _native_serves(x, p):

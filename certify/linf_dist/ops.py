@@ -79,7 +79,9 @@ class _LpDist(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         if math.isinf(ctx.p):
             (index,) = ctx.saved_tensors
-            grad_x, grad_w = _scatter_inf_grads(index, grad_y, *ctx.shapes)
+            own = getattr(ctx.backend, "backward_inf", None)  # a backend's faster scatter, if any
+            grads = own(index, grad_y, *ctx.shapes) if own is not None else None
+            grad_x, grad_w = grads if grads is not None else _scatter_inf_grads(index, grad_y, *ctx.shapes)
         else:
             x, weight, y = ctx.saved_tensors
             grad_x, grad_w = ctx.backend.backward(x, weight, y, grad_y, ctx.p)
