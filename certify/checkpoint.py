@@ -102,11 +102,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def load_checkpoint(path: str | os.PathLike, *, dataset: str | None = None,
                     sigma: float | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load our checkpoints, or a reference ``{'arch', 'state_dict'}`` one given ``dataset`` and ``sigma``.
+    """Load our checkpoints, or a reference ``{'arch', 'state_dict'}`` one, a torch.export program or
+    a TorchScript archive (``certify.exported``) given ``dataset`` and ``sigma``.
 
     ``dataset``/``sigma`` given for one of our checkpoints must agree with what it records.
     """
     path = Path(path)
+    from certify.exported import load_exported, model_archive_format  # it builds on this module
+
+    if (fmt := model_archive_format(path)) is not None:  # torch.export or TorchScript, by content
+        return load_exported(path, fmt, dataset, sigma)
     raw = _read(path, map_location)
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise UserError(f"{path} is not a model checkpoint (no 'state_dict' entry)")

@@ -317,12 +317,14 @@ def _per_class(spec: PlotSpec, paths: list[Path], runs: list[Results], names: li
     columns = list(spec.radii) if spec.radii else default_class_radii(runs[0], norm)
     curves = [per_class_certified_accuracy(r, info.num_classes, columns) for r in runs]
     counts = _class_counts(spec.counts_from, sidecars[0], info.num_classes)
-    plot_per_class_certified(curves, names, columns, spec.out, class_names=info.classes,
+    # ImageNet's class names are unknown without its files (info.classes is empty): use indices
+    class_names = info.classes if len(info.classes) == info.num_classes else None
+    plot_per_class_certified(curves, names, columns, spec.out, class_names=class_names,
                              class_counts=counts, norm=norm, title=spec.title)
     head = "| class | training images | " + " | ".join(
         f"{name} r={r:g}" for r in columns for name in names) + " |"
     rows = [head, "|---|---:|" + "---:|" * (len(columns) * len(names))]
-    for c, cls in enumerate(info.classes):
+    for c, cls in enumerate(class_names or range(info.num_classes)):
         cells = [f"{curve[c, j]:.3f}" for j in range(len(columns)) for curve in curves]
         rows.append(f"| {cls} | {counts[c] if counts else ''} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"

@@ -22,6 +22,7 @@ import torch
 import certify
 from certify.checkpoint import load_checkpoint
 from certify.errors import UserError
+from certify.exported import ExportedCheckpoint, warn_if_expects_normalized
 from certify.locks import output_lock
 from certify.methods import CertificationMethod, RunContext, default_method, make_method
 from certify.results import (
@@ -35,8 +36,8 @@ from certify.results import (
 
 # Sidecar keys that must match for --resume to continue a file, whatever the method (each method adds
 # its own resume_keys); the rest may differ between sessions.
-RESUME_KEYS = ("checkpoint_sha256", "dataset", "split", "skip", "count", "shard", "certifier",
-               "method", "norm", "seed", "device_type")
+RESUME_KEYS = ("checkpoint_sha256", "dataset", "input_size", "split", "skip", "count", "shard",
+               "certifier", "method", "norm", "seed", "device_type")
 
 
 class ResumeMismatch(UserError):
@@ -56,6 +57,7 @@ class RunSpec:
     resume: bool = False
     force: bool = False
     dataset: str | None = None
+    input_size: int | None = None  # folder:PATH datasets only: the side images are cropped to
     sigma: float | None = None
     data_dir: Path | None = None
     method: str | None = None  # None: the checkpoint kind's default method
@@ -91,25 +93,34 @@ def run_certification(spec: RunSpec, progress: bool = True) -> Path:
 
 
 def _run_certification(spec: RunSpec, progress: bool) -> Path:
-    from certify.data import load_dataset
+    from certify.data import describe_dataset, load_dataset, set_input_size
 
     out = Path(spec.out)
     check_writable(out)
     if out.exists() and not (spec.resume or spec.force):
         raise UserError(f"{out} exists: pass --resume to continue it, --force to overwrite it, "
                         f"or choose another --out")
-    ckpt = load_checkpoint(spec.checkpoint, dataset=spec.dataset, sigma=spec.sigma)
+    dataset = spec.dataset
+    if spec.input_size is not None:
+        if dataset is None:
+            raise UserError("--input-size sets the image size of --dataset folder:PATH: pass --dataset")
+        dataset = set_input_size(dataset, spec.input_size)
+    ckpt = load_checkpoint(spec.checkpoint, dataset=dataset, sigma=spec.sigma)
     trained_sigma = _trained_sigma(ckpt, spec.sigma)
     ctx = spec.context
     model = ckpt.build_model(ctx.device)
     method = make_method(ckpt, model, spec.method, spec.options, ctx)
     data = load_dataset(ckpt.dataset, spec.split, data_dir=spec.data_dir)
+    if isinstance(ckpt, ExportedCheckpoint):  # a file we did not build: check its input contract
+        warn_if_expects_normalized(ckpt, model, data, ctx.device)
     indices = select_indices(len(cast(Sized, data)), spec.skip, spec.count, spec.shard)
 
     sidecar = {
         "toolkit": f"certify {certify.__version__}", "command": spec.command,
         "checkpoint": str(spec.checkpoint), "checkpoint_sha256": ckpt.sha256,
-        "dataset": ckpt.dataset, "split": spec.split, "skip": spec.skip, "count": spec.count,
+        **({"model_format": ckpt.arch} if isinstance(ckpt, ExportedCheckpoint) else {}),
+        "dataset": ckpt.dataset, **describe_dataset(ckpt.dataset),  # folder:PATH: + input_size
+        "split": spec.split, "skip": spec.skip, "count": spec.count,
         "shard": f"{spec.shard[0]}/{spec.shard[1]}" if spec.shard else None,
         "examples": len(indices), **method.describe(),
         **({"trained_sigma": trained_sigma} if trained_sigma is not None else {}),

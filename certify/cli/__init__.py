@@ -36,6 +36,7 @@ COMMAND_MODULES: dict[str, tuple[str, str]] = {
     "quickstart": ("certify.cli.quickstart",
         "Train (or reuse) a Fashion-MNIST model, certify test images, plot certified "
         "accuracy."),
+    "export": ("certify.cli.export", "Write CHECKPOINT's model as a torch.export program for any batch size."),
     "info": ("certify.cli.inspect",
         "Show what CHECKPOINT records: architecture, data, certification, training and "
         "metrics."),

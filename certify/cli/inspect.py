@@ -10,9 +10,11 @@ import click
 
 @click.command("info")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--dataset", default=None, help="Only for reference checkpoints: their dataset.")
+@click.option("--dataset", default=None,
+              help="Only for reference checkpoints and torch.export/TorchScript files: their dataset.")
 @click.option("--sigma", type=click.FloatRange(0, min_open=True), default=None,
-              help="Only for reference checkpoints: their noise level.")
+              help="Only for reference checkpoints and torch.export/TorchScript files: their "
+                   "noise level.")
 @click.option("--json", "as_json", is_flag=True, help="Print every field as one JSON object instead.")
 def info_command(checkpoint: Path, dataset: str | None, sigma: float | None, as_json: bool) -> None:
     """Show what CHECKPOINT records: architecture, data, certification, training and metrics.
@@ -21,6 +23,7 @@ def info_command(checkpoint: Path, dataset: str | None, sigma: float | None, as_
     neither its dataset nor its σ: without --dataset and --sigma, info shows what the file holds.
     """
     from certify.checkpoint import ReferenceNeedsData, load_checkpoint
+    from certify.exported import ExportedCheckpoint
 
     try:
         ckpt = load_checkpoint(checkpoint, dataset=dataset, sigma=sigma)
@@ -32,7 +35,8 @@ def info_command(checkpoint: Path, dataset: str | None, sigma: float | None, as_
         return
     config = ckpt.training.get("config", {})
     record = {
-        "format": "reference" if ckpt.reference_format else "certify",
+        "format": ckpt.arch if isinstance(ckpt, ExportedCheckpoint)
+        else "reference" if ckpt.reference_format else "certify",
         "architecture": ckpt.arch, "arch_kwargs": ckpt.arch_kwargs,
         "values": sum(t.numel() for t in ckpt.state_dict.values()),
         "dataset": ckpt.dataset, "input_shape": list(ckpt.input_shape), "num_classes": ckpt.num_classes,

@@ -38,7 +38,7 @@ device_option = click.option("--device", default="auto", show_default=True,
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=str), default=None,
     help="Directory with the dataset files (default: $CERTIFY_DATA, the Debian package path for "
-         "Fashion-MNIST, then ./data/NAME).")
+         "Fashion-MNIST, $IMAGENET_DIR for imagenet, then ./data/NAME).")
 seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                            help="Seed; each example's noise is seeded by (seed, index).")
 

@@ -21,8 +21,8 @@ from certify.errors import UserError
 
 
 def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None):
-    if value is None:
-        return None
+    if value is None or value == "auto":  # auto: certify.distributed_run reads the launcher's variables
+        return value
     try:
         index, parts = (int(v) for v in value.split("/"))
     except ValueError:
@@ -81,12 +81,20 @@ def _method_names() -> list[str]:
 @seed_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted OUT without repeating a row.")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option("--shard", callback=_parse_shard, default=None, metavar="I/N",
-              help="Certify only shard I of N (0 ≤ I < N); 'certify merge' joins the shards.")
+@click.option("--shard", callback=_parse_shard, default=None, metavar="I/N|auto",
+              help="Certify only shard I of N (0 ≤ I < N); 'certify merge' joins the shards. 'auto': "
+                   "the shard of this torchrun rank or SLURM array task, written to OUT's part "
+                   "file (torchrun's rank 0 then merges the parts into OUT; see docs/distributed.md).")
 @click.option("--dataset", default=None,
-              help="Only for reference checkpoints ({'arch','state_dict'}): their dataset.")
+              help="Only for reference checkpoints ({'arch','state_dict'}) and torch.export or "
+                   "TorchScript files: their dataset (cifar10, "
+                   "imagenet, ..., or folder:PATH for any folder of class sub-folders of images).")
+@click.option("--input-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Only for --dataset folder:PATH: resize the shorter side to round(N·256/224), then "
+                   "centre-crop N×N (default 224, ImageNet's 256/224).")
 @click.option("--sigma", type=click.FloatRange(0, min_open=True), default=None,
-              help="Noise level σ; required for reference checkpoints, otherwise overrides the "
+              help="Noise level σ; required for reference checkpoints and torch.export or "
+                   "TorchScript files, otherwise overrides the "
                    "training σ recorded in the checkpoint, or smooths a model trained without "
                    "noise (--objective classify: the undefended baseline).")
 @device_option
@@ -94,7 +102,8 @@ def _method_names() -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 def run_command(checkpoint: Path, out: Path, method: str | None, split: str, skip: int,
                 count: int | None, batch: int, seed: int, resume: bool, force: bool,
-                shard: tuple[int, int] | None, dataset: str | None, sigma: float | None, device: str,
+                shard: tuple[int, int] | str | None, dataset: str | None, input_size: int | None,
+                sigma: float | None, device: str,
                 data_dir: str | None, quiet: bool, **method_options: object) -> None:
     """Certify CHECKPOINT on a dataset split: a prediction and a certified radius per example.
 
@@ -113,6 +122,7 @@ def run_command(checkpoint: Path, out: Path, method: str | None, split: str, ski
       certify run models/m.pt --out m.tsv --skip 20 --method sequential --radii 0.25,0.5,0.75
       certify run m.pt --out part0.tsv --shard 0/2 & certify run m.pt --out part1.tsv --shard 1/2
       certify merge part0.tsv part1.tsv --out m.tsv
+      torchrun --standalone --nproc-per-node 4 -m certify -- run m.pt --out m.tsv --shard auto  # 4 GPUs
       certify run models/fmnist-linf-v2-short.pt --out linf.tsv      # ℓ∞-dist net, all 10000
     """
     from certify.methods import OptionError, RunContext
@@ -120,21 +130,30 @@ def run_command(checkpoint: Path, out: Path, method: str | None, split: str, ski
 
     if resume and force:
         raise UserError("--resume and --force contradict each other: choose one")
-    spec = RunSpec(checkpoint=checkpoint, out=out, split=split, skip=skip, count=count, shard=shard,
-                   resume=resume, force=force, dataset=dataset, sigma=sigma,
+    auto = shard == "auto"
+    spec = RunSpec(checkpoint=checkpoint, out=out, split=split, skip=skip, count=count,
+                   shard=None if isinstance(shard, str) else shard,
+                   resume=resume, force=force, dataset=dataset, input_size=input_size, sigma=sigma,
                    data_dir=Path(data_dir) if data_dir else None, method=method,
                    options=method_options,
                    context=RunContext(device=pick_device(device), batch_size=batch, seed=seed),
                    command=command_line())
     try:
-        run_certification(spec, progress=not quiet)
+        if auto:
+            from certify.distributed_run import run_auto
+
+            shown, merge_hint = run_auto(spec, progress=not quiet)
+        else:
+            shown, merge_hint = run_certification(spec, progress=not quiet), None
     except OptionError as err:
         from certify.methods import all_options
 
         flags = {name: option.cli_flag for name, (option, _) in all_options().items()}
         raise flag_error(err, flags) from None
-    if not quiet:
-        _print_summary([out])
+    if shown is not None and not quiet:
+        _print_summary([shown])
+    if merge_hint:
+        click.echo(f"when every array task has finished, merge the parts:\n  {merge_hint}", err=True)
 
 
 @click.command("merge")

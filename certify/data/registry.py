@@ -8,9 +8,10 @@ noisy labels), is added by registering one object; no caller has to change.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
@@ -40,7 +41,9 @@ class DatasetInfo:
 class DatasetSource(Protocol):
     """What the registry needs from a dataset: its facts, where it lives, and how to load a split.
 
-    A view over another dataset implements this by delegating to the base source.
+    A view over another dataset implements this by delegating to the base source. Optional extras,
+    looked up by name: ``set_input_size(size)`` for data resized on loading (folder:PATH), and
+    ``describe() -> dict`` for what a results sidecar must record besides the name.
     """
 
     @property
@@ -58,6 +61,8 @@ class DatasetSource(Protocol):
 
 
 _REGISTRY: dict[str, DatasetSource] = {}
+# Datasets named "PREFIX:ARGUMENT" (folder:PATH): prefix -> (source for the argument, usage text).
+_FAMILIES: dict[str, tuple[Callable[[str], DatasetSource], str]] = {}
 
 
 def register_dataset(source: DatasetSource) -> None:
@@ -68,14 +73,27 @@ def register_dataset(source: DatasetSource) -> None:
     _REGISTRY[name] = source
 
 
+def register_dataset_family(prefix: str, make: Callable[[str], DatasetSource], usage: str) -> None:
+    """Make "PREFIX:ARGUMENT" names loadable (the argument, e.g. a path, keeps its case); `usage`
+    is how the "unknown dataset" message and help texts show the form."""
+    if prefix in _FAMILIES:
+        raise ValueError(f"dataset family {prefix!r} is already registered")
+    _FAMILIES[prefix] = (make, usage)
+
+
 def get_source(name: str) -> DatasetSource:
     """The registered source for `name` (case-insensitive); UserError lists the known names."""
+    head, colon, argument = name.strip().partition(":")
+    family = _FAMILIES.get(head.lower()) if colon else None
+    if family is not None:
+        return family[0](argument)
     key = name.strip().lower()
     try:
         return _REGISTRY[key]
     except KeyError:
         known = ", ".join(available_datasets())
-        raise UserError(f"unknown dataset {name!r}; known datasets: {known}") from None
+        forms = "".join(f", or {usage}" for _, usage in _FAMILIES.values())
+        raise UserError(f"unknown dataset {name!r}; known datasets: {known}{forms}") from None
 
 
 def check_split(split: str) -> str:
@@ -101,6 +119,28 @@ def dataset_info(name: str) -> DatasetInfo:
     return get_source(name).info
 
 
+def set_input_size(name: str, size: int) -> str:
+    """Set the image side that `name` resizes its data to; returns its canonical name.
+
+    Only datasets resized on loading (folder:PATH) take a size; the others have a fixed one, and
+    silently ignoring a requested size would certify other inputs than the user asked for.
+    """
+    source = get_source(name)
+    setter = getattr(source, "set_input_size", None)
+    if setter is None:
+        shape = "×".join(map(str, source.info.input_shape))
+        raise UserError(f"--input-size applies to folder:PATH datasets only; {source.info.name} has a "
+                        f"fixed input size ({shape}): drop --input-size")
+    setter(size)
+    return source.info.name
+
+
+def describe_dataset(name: str) -> dict[str, Any]:
+    """What identifies the data of `name` beyond its name (folder:PATH: the input size), for sidecars."""
+    describe = getattr(get_source(name), "describe", None)
+    return dict(describe()) if describe is not None else {}
+
+
 def resolve_data_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Directory the files of `name` would be read from; UserError says how to get them if absent."""
     return get_source(name).resolve(_as_path(data_dir))
@@ -113,7 +153,8 @@ def load_dataset(
     augment: bool = False,
     download: bool = False,
 ) -> Dataset:
-    """Load one split of `name` fully into memory.
+    """Load one split of `name`: into memory for the small built-in datasets, lazily (one image
+    decoded per item) for image folders such as ImageNet.
 
     `augment=True` applies the dataset's standard training augmentation (see certify.data.builtin).
     `download=True` fetches the files with torchvision when they are not found locally.

@@ -129,6 +129,20 @@ register_architecture("cifar_resnet32", ArchSpec(
             "shortcuts, 0.46 M parameters)"))
 
 
+def _resnet50(num_classes: int, shape: Shape) -> nn.Module:
+    """torchvision's ResNet-50, the ImageNet network of Cohen et al. and SmoothMix (their
+    architectures.py wraps it in DataParallel; checkpoint loading drops that "module." level)."""
+    from torchvision.models import resnet50  # imported here: torchvision is slow to import
+
+    return resnet50(weights=None, num_classes=num_classes)
+
+
+register_architecture("resnet50", ArchSpec(
+    build=_resnet50,
+    summary="ResNet-50 (torchvision) of the ImageNet smoothing references, 25.6 M parameters",
+    accepts=lambda shape: shape[0] == 3, accepts_text="3-channel (RGB) inputs"))
+
+
 def _register_linf_dist() -> None:
     from certify.linf_dist.nets import LinfDistHybrid, LinfDistNet, linf_normalization
 

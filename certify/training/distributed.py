@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -64,11 +65,13 @@ def env_info(environ: dict[str, str] | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
-def init_from_env(device: str | torch.device) -> tuple[DistInfo, torch.device]:
+def init_from_env(device: str | torch.device, backend: str | None = None,
+                  timeout: timedelta | None = None) -> tuple[DistInfo, torch.device]:
     """Join the torchrun job (NCCL on CUDA, gloo on CPU) and return this rank's device.
 
     Under torchrun a CUDA ``device`` becomes ``cuda:LOCAL_RANK`` (one GPU per process). A process group
-    that the caller already initialized is reused and left for the caller to destroy.
+    that the caller already initialized is reused and left for the caller to destroy. ``backend`` and
+    ``timeout`` override the defaults (``certify run --shard auto`` coordinates with gloo and waits hours).
     """
     device = torch.device(device)
     if dist.is_available() and dist.is_initialized():  # the caller's group: theirs to destroy
@@ -84,11 +87,13 @@ def init_from_env(device: str | torch.device) -> tuple[DistInfo, torch.device]:
         if name not in os.environ:
             raise UserError(f"{name} is not set: launch distributed runs with torchrun")
     device = _rank_device(device, info)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        kwargs["device_id"] = device  # binds NCCL to this GPU, so barriers need no device_ids
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://",
+        if backend == "nccl":
+            kwargs["device_id"] = device  # binds NCCL to this GPU, so barriers need no device_ids
+    dist.init_process_group(backend=backend, init_method="env://",
                             rank=info.rank, world_size=info.world_size, **kwargs)
     return DistInfo(info.rank, info.world_size, info.local_rank, owns_group=True), device
 
