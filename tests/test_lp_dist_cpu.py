@@ -326,3 +326,20 @@ def test_usage_counts_an_eager_fallback():
     assert usage.counts() == {}
     assert usage.summary({"compiled": 9, "eager": 2}) == "compiled+eager"
     assert usage.summary({"eager": 3}) == "eager" and usage.summary({}) == "none"
+
+
+@pytest.mark.parametrize("ci", [40, 600], ids=["across-outputs", "across-inputs"])
+def test_native_inf_index_is_the_first_maximum_on_both_kernels(ci):
+    """Both native p = ∞ kernels (short rows run across outputs, long rows across inputs) give the
+    eager values and the first maximal index, here with many ties (small integer coordinates) and
+    sizes that are not multiples of the vector width."""
+    if not native.available(torch.zeros(1)):
+        pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(ci)
+    x = torch.randint(-3, 4, (21, ci), generator=gen).float()
+    w = torch.randint(-3, 4, (19, ci), generator=gen).float()
+    y, index = native.forward_inf(x, w, True)
+    y_ref, index_ref = eager.forward_inf(x, w, True)
+    assert torch.equal(y, y_ref) and torch.equal(index, index_ref)
+    assert (index < 0).any() and (index >= 0).any()  # both signs occur
+    assert torch.equal(native.forward_inf(x, w, False)[0], y_ref)

@@ -26,6 +26,7 @@ typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 #define CHUNK 4 /* vectors per step of the p = ∞ index search */
 /* Rows (CI) must be a multiple of this (the caller pads with zeros). */
 int lp_row_multiple(void) { return LANES * CHUNK; }
+int lp_lanes(void) { return LANES; }
 
 static const float TINY = 1e-10f;
 /* From this p on, vectors whose terms are all flushed ((|d|/m)^p < 2^-126, i.e. |d|/m < 2^(-126/p):
@@ -211,6 +212,48 @@ void lp_backward(const float *x, const float *w, const float *r, const float *g,
     int64_t o = o0;
     for (; o + ROWS <= o1; o += ROWS) backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, ROWS, pm1, min_exp);
     for (; o < o1; o++) backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, 1, pm1, min_exp);
+}
+
+/* ---------------------------------------------------------------- p = ∞, forward across outputs
+ * The same with the lanes across LANES outputs o.. of one input row, read from wt = wᵀ (CI × COP,
+ * COP a multiple of lp_lanes()): each lane's running maximum and first index (strict >) are the
+ * outputs themselves, with no work across lanes per output. Faster than the above for short rows
+ * with the index (there the per-output search dominates), slower for long ones. */
+static inline void forward_inf_cols(const float *x, const float *wt, const float *w, float *y,
+                                    int64_t *index, int64_t CO, int64_t COP, int64_t CI, int64_t b,
+                                    int rows, int64_t o) {
+    vf mx[ROWS];
+    vi at[ROWS];
+    for (int k = 0; k < rows; k++) { mx[k] = splat(-1.0f); at[k] = (vi){0}; }
+    for (int64_t i = 0; i < CI; i++) {
+        vf wv = load(wt + i * COP + o);
+        vi here = (vi){0} + (int32_t)i;
+        for (int k = 0; k < rows; k++) {
+            vf a = vabs(splat(x[(b + k) * CI + i]) - wv);
+            if (index) {
+                vi up = a > mx[k];
+                at[k] = (here & up) | (at[k] & ~up);
+            }
+            mx[k] = vmax(mx[k], a);
+        }
+    }
+    for (int k = 0; k < rows; k++)
+        for (int l = 0; l < LANES && o + l < CO; l++) {
+            y[(b + k) * CO + o + l] = mx[k][l];
+            if (!index) continue;
+            int64_t first = at[k][l];
+            float d = x[(b + k) * CI + first] - w[(o + l) * CI + first];
+            index[(b + k) * CO + o + l] = d < 0 ? -first - 1 : first;
+        }
+}
+
+void lp_forward_inf_t(const float *x, const float *wt, const float *w, float *y, int64_t *index,
+                    int64_t CO, int64_t COP, int64_t CI, int64_t b0, int64_t b1) {
+    for (int64_t o = 0; o < CO; o += LANES) {
+        int64_t b = b0;
+        for (; b + ROWS <= b1; b += ROWS) forward_inf_cols(x, wt, w, y, index, CO, COP, CI, b, ROWS, o);
+        for (; b < b1; b++) forward_inf_cols(x, wt, w, y, index, CO, COP, CI, b, 1, o);
+    }
 }
 
 /* ---------------------------------------------------------------- p = ∞, backward
