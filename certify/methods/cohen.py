@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -71,15 +71,19 @@ class Cohen(CertificationMethod):
     summary = "--n samples for every image, as Cohen et al. (2019); the reference's rows"
     kinds = ("smoothing",)
     norm = "l2"
-    options = SMOOTHING_OPTIONS
-    resume_keys = ("sigma", "n0", "n", "alpha", "precision")
+    options: ClassVar[tuple[MethodOption, ...]] = SMOOTHING_OPTIONS
+    resume_keys: ClassVar[tuple[str, ...]] = ("sigma", "n0", "n", "alpha", "precision")
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        check_certifiable(self.settings["n"], self.settings["alpha"])
+        self.check_counts()
         self.sigma = float(self.ckpt.certification["sigma"])
         self.smooth = Smooth(self.model, self.ckpt.num_classes, self.sigma,
                              precision=self.settings["precision"])
+
+    def check_counts(self) -> None:
+        """Refuse, before any work, an N with which no image could get a result."""
+        check_certifiable(self.settings["n"], self.settings["alpha"])
 
     @classmethod
     def epoch_check(cls, model: nn.Module, certification: Mapping[str, Any], device: torch.device,

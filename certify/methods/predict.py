@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import torch
 
-from certify.methods.base import CertificationMethod, OptionError, Row, example_generator
+from certify.methods.base import OptionError, Row, example_generator
 from certify.methods.cohen import ALPHA, PRECISION, Cohen, N
 from certify.smoothing.bounds import top_two_test_pvalue
 from certify.smoothing.core import Smooth
@@ -30,24 +29,18 @@ def check_decidable(n: int, alpha: float) -> None:
                                f"{n} give p-value 2·½^{n} = {2 * 0.5 ** n:.3g} > α; use at least {needed}")
 
 
-class Predict(CertificationMethod):
+class Predict(Cohen):
+    """Cohen's smoothed classifier, noise stream and sidecar; the test and the rows differ."""
+
     name = "predict"
     summary = ("g(x) or abstain from --n votes (Hung & Fithian's test), as the reference's "
                "predict.py; radius 0")
-    kinds = ("smoothing",)
-    norm = "l2"
     options = (N, ALPHA, PRECISION)  # N: the reference's default; its README uses 1000
     resume_keys = ("sigma", "n", "alpha", "precision")
     columns = ("pvalue",)
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def check_counts(self) -> None:
         check_decidable(self.settings["n"], self.settings["alpha"])
-        self.sigma = float(self.ckpt.certification["sigma"])
-        self.smooth = Smooth(self.model, self.ckpt.num_classes, self.sigma,
-                             precision=self.settings["precision"])
-
-    must_match = Cohen.must_match  # the same noise stream as cohen's: --batch matters where it does
 
     def certify_stream(self, examples: Iterable[tuple[int, torch.Tensor]]) -> Iterator[Row]:
         s, ctx = self.settings, self.context
@@ -58,7 +51,3 @@ class Predict(CertificationMethod):
             pvalue = top_two_test_pvalue(count_1, count_2)
             prediction = Smooth.ABSTAIN if pvalue > s["alpha"] else top
             yield Row(prediction, 0.0, time.perf_counter() - start, {"pvalue": f"{pvalue:.4g}"})
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "sigma": self.sigma, "batch": self.context.batch_size,
-                "seed": self.context.seed}
