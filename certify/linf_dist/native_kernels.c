@@ -45,33 +45,50 @@ static inline vf vabs(vf v) { return (vf)((vi)v & 0x7FFFFFFF); }
 static inline vf select(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 static inline vf vmax(vf a, vf b) { return select(a > b, a, b); }
 static inline int any(vi m) { static const vi zero = {0}; return __builtin_memcmp(&m, &zero, sizeof m) != 0; }
+static inline vi lane_ids(void) { vi l; for (int k = 0; k < LANES; k++) l[k] = k; return l; }
+static inline vi vimin(vi a, vi b) { vi lt = a < b; return (a & lt) | (b & ~lt); }
+/* The maximum (minimum) of all lanes, in every lane: log2(LANES) shuffle steps, no scalar work. */
+static inline vf all_max(vf v) {
+    for (int s = LANES / 2; s >= 1; s /= 2) v = vmax(v, __builtin_shuffle(v, lane_ids() ^ s));
+    return v;
+}
+static inline vi all_min(vi v) {
+    for (int s = LANES / 2; s >= 1; s /= 2) v = vimin(v, __builtin_shuffle(v, lane_ids() ^ s));
+    return v;
+}
 static inline float hsum(vf v) { float s = 0; for (int k = 0; k < LANES; k++) s += v[k]; return s; }
 static inline float hmax(vf v) { float m = v[0]; for (int k = 1; k < LANES; k++) m = v[k] > m ? v[k] : m; return m; }
 
-/* log2 z for finite z >= 0: z = 2^e·m, m in [0.75, 1.5), log2 m = s·P(s²), s = (m−1)/(m+1)
- * (relative error 2.5e-9 on m; 0 gives about −127). The coefficients of cpu_kernels._LOG2_ODD. */
-static inline vf vlog2(vf z) {
+/* c·log2 z for finite z >= 0 and a scale c (p or p − 1, folded into the coefficients: one multiply
+ * fewer): z = 2^e·m, m in [0.75, 1.5), log2 m = s·P(s²), s = (m−1)/(m+1) (relative error 2.5e-9 on
+ * m, the coefficients of cpu_kernels._LOG2_ODD); 0 gives about −127·c. */
+typedef struct { vf c, c0, c1, c2, c3; } scaled_log2;
+
+static inline scaled_log2 scaled_log2_of(float c) {
+    return (scaled_log2){splat(c), splat(c * 2.8853900747000205f), splat(c * 0.9618022823030903f),
+                         splat(c * 0.5763892298650551f), splat(c * 0.43919066613588165f)};
+}
+
+static inline vf vlog2_times(vf z, const scaled_log2 *k) {
     vi t = (vi)z - 0x3F400000;
     vf m = (vf)((t & 0x7FFFFF) + 0x3F400000);
     vf s = (m - 1.0f) / (m + 1.0f);
     vf s2 = s * s;
     vf e = __builtin_convertvector(t >> 23, vf);
-    return e + s * (2.8853900747000205f + s2 * (0.9618022823030903f +
-                    s2 * (0.5763892298650551f + s2 * 0.43919066613588165f)));
+    return e * k->c + s * (k->c0 + s2 * (k->c1 + s2 * (k->c2 + s2 * k->c3)));
 }
 
-/* 2^v for v in [min_exp, 0.5], min_exp >= −126; 0 below min_exp. v = n + f with n an integer and
- * |f| <= 1/2; 2^f = e^(f·ln 2) by its Taylor series to degree 7 (relative error < 1e-8). */
+/* 2^v for v <= 1/2, with v raised to min_exp >= −126 first: a term that small is 2^min_exp instead
+ * of 0, at most CI·2^-100 of any sum or gradient here. v = n + f, n an integer, |f| <= 1/2; 2^f by
+ * its Taylor series in f to degree 7 (coefficients ln2^k/k!, relative error < 1e-8). */
 static inline vf vexp2(vf v, float min_exp) {
-    vf low = splat(min_exp);
-    vi keep = v >= low;
-    v = vmax(v, low);
+    v = vmax(v, splat(min_exp));
     vi n = __builtin_convertvector(v - 0.5f, vi); /* truncation: n = ceil(v − 1/2) for v <= 1/2 */
-    vf t = (v - __builtin_convertvector(n, vf)) * 0.6931471805599453f;
-    vf poly = 1.0f + t * (1.0f + t * (0.5f + t * (1.0f / 6 + t * (1.0f / 24 + t * (1.0f / 120 +
-               t * (1.0f / 720 + t * (1.0f / 5040)))))));
-    vf scale = (vf)((n + 127) << 23);
-    return (vf)((vi)(poly * scale) & keep);
+    vf f = v - __builtin_convertvector(n, vf);
+    vf poly = 1.0f + f * (0.6931471805599453f + f * (0.2402265069591007f + f * (0.05550410866482158f +
+              f * (0.009618129107628477f + f * (0.0013333558146428443f + f * (1.5403530393381606e-4f +
+              f * 1.525273380405984e-5f))))));
+    return poly * (vf)((n + 127) << 23);
 }
 
 /* ---------------------------------------------------------------- finite p, forward
@@ -95,13 +112,13 @@ static inline void forward_rows(const float *x, const float *w, float *y, int64_
             inv[k] = splat(1.0f / m[k]);
             acc[k] = splat(0.0f);
         }
-        vf pv = splat(p);
+        const scaled_log2 lp = scaled_log2_of(p);
         const int sparse = p >= SPARSE_P;
         for (int64_t i = 0; i < CI; i += LANES) {
             vf wv = load(wo + i);
             for (int k = 0; k < rows; k++) {
                 vf r = vabs(load(x + (b + k) * CI + i) - wv) * inv[k];
-                vf e = pv * vlog2(r);
+                vf e = vlog2_times(r, &lp);
                 if (!sparse || any(e >= -126.0f)) acc[k] += vexp2(e, -126.0f);
             }
         }
@@ -149,16 +166,24 @@ static inline void forward_inf_rows(const float *x, const float *w, float *y, in
         }
         for (int k = 0; k < rows; k++) {
             const float *xr = x + (b + k) * CI;
-            float m = hmax(mx[k]);
-            y[(b + k) * CO + o] = m;
+            vf m = all_max(mx[k]);
+            y[(b + k) * CO + o] = m[0];
             if (!index) continue;
-            int64_t first = INT64_MAX;
-            for (int l = 0; l < LANES; l++) {
-                if (mx[k][l] != m) continue;
-                for (int64_t i = at[k][l] + l; i < at[k][l] + CHUNK * LANES && i < first; i += LANES)
-                    if (fabsf(xr[i] - wo[i]) == m) { first = i; break; }
+            /* the earliest chunk where a lane reached m, then the first position in it with |d| = m */
+            vi holds = mx[k] == m, big = (vi){0} + INT32_MAX;
+            vi chunk = (at[k] & holds) | (big & ~holds);
+            vi c0 = all_min(chunk);
+            vi lanes = chunk == c0, lane = lane_ids();
+            int64_t start = c0[0] == INT32_MAX ? 0 : c0[0]; /* INT32_MAX: NaN, no lane holds m */
+            vi pos = big;
+            for (int c = 0; c < CHUNK; c++) {
+                const float *xc = xr + start + c * LANES, *wc = wo + start + c * LANES;
+                vi hit = (vabs(load(xc) - load(wc)) == m) & lanes;
+                vi here = lane + c * LANES;
+                pos = vimin(pos, (here & hit) | (big & ~hit));
             }
-            if (first == INT64_MAX) first = 0; /* NaN: no coordinate equals the maximum */
+            int64_t first = all_min(pos)[0];
+            first = first == INT32_MAX ? 0 : start + first;
             index[(b + k) * CO + o] = xr[first] - wo[first] < 0 ? -first - 1 : first;
         }
     }
@@ -178,7 +203,7 @@ void lp_forward_inf(const float *x, const float *w, float *y, int64_t *index, in
 static inline void backward_rows(const float *x, const float *w, const float *r, const float *g,
                                  float *gx, float *gw, int64_t B, int64_t CO, int64_t CI, int64_t o,
                                  int rows, float pm1, float min_exp) {
-    vf pv = splat(pm1);
+    const scaled_log2 lp = scaled_log2_of(pm1);
     const int sparse = pm1 + 1.0f >= SPARSE_P;
     for (int64_t b = 0; b < B; b++) {
         const float *xb = x + b * CI;
@@ -192,7 +217,7 @@ static inline void backward_rows(const float *x, const float *w, const float *r,
             vf xv = load(xb + i), sum = splat(0.0f);
             for (int k = 0; k < rows; k++) {
                 vf d = xv - load(w + (o + k) * CI + i);
-                vf e = pv * vlog2(vabs(d * rk[k]));
+                vf e = vlog2_times(vabs(d * rk[k]), &lp);
                 if (sparse && !any(e >= min_exp)) continue;
                 vf t = vexp2(e, min_exp) * gk[k];
                 vi sign = (vi)d & (int32_t)0x80000000;
