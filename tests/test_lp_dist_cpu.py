@@ -343,3 +343,12 @@ def test_native_inf_index_is_the_first_maximum_on_both_kernels(ci):
     assert torch.equal(y, y_ref) and torch.equal(index, index_ref)
     assert (index < 0).any() and (index >= 0).any()  # both signs occur
     assert torch.equal(native.forward_inf(x, w, False)[0], y_ref)
+
+
+def test_an_unwritable_cache_builds_in_the_temporary_directory(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_state", None)
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setenv("CERTIFY_CACHE", "/proc/no-cache-here")  # cannot be created
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert native.available(torch.zeros(1)), native.unavailable_reason()
+    assert len(list(tmp_path.rglob("lp_dist_*.so"))) == 1

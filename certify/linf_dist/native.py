@@ -84,6 +84,11 @@ def library_path() -> Path:
     return root / "native" / f"lp_dist_{key}.so"
 
 
+def _fallback_path(path: Path) -> Path:
+    """The same file name in the temporary directory, for a home without a writable cache."""
+    return Path(tempfile.gettempdir()) / f"certify-native-{os.getuid() if hasattr(os, 'getuid') else 0}" / path.name
+
+
 def _build(target: Path) -> None:
     """Compile into a temporary file beside ``target``, then rename: concurrent processes (torchrun
     ranks) each build or find a complete library, never a half-written one."""
@@ -104,7 +109,12 @@ def _build(target: Path) -> None:
 def _load() -> ctypes.CDLL:
     path = library_path()
     if not path.exists():
-        _build(path)
+        try:
+            _build(path)
+        except OSError:  # no writable cache (a read-only home on a cluster node, say)
+            path = _fallback_path(path)
+            if not path.exists():
+                _build(path)
     lib = ctypes.CDLL(str(path))
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.lp_row_multiple.restype = ctypes.c_int
