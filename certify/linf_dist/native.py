@@ -40,7 +40,7 @@ from certify.linf_dist.eager import TINY
 SOURCE = Path(__file__).with_name("native_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
 CACHE_ENV = "CERTIFY_CACHE"
-BACKWARD_MIN_EXP2 = -100.0  # as the compiled kernels: grad_y·|q|^(p−1) stays a normal float
+BACKWARD_MIN_EXP2 = -100.0  # floor of |q|^(p−1)'s exponent: grad_y·|q|^(p−1) stays a normal float
 
 # p = ∞ with the index: rows up to this long run across outputs (lp_forward_inf_t). Measured at
 # B = 512 on 2 cores: CI = CO = 256, 2.2 ms against 3.8; CI = 784, CO = 256, 13.3 against 12.6;
@@ -274,7 +274,7 @@ def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple
 def backward_inf(index: Tensor, grad_y: Tensor, x_shape: torch.Size,
                  w_shape: torch.Size) -> tuple[Tensor, Tensor]:
     """p = ∞: each output's gradient to its first maximal coordinate, signed as the index says
-    (what ``ops`` otherwise does with two scatter_add calls, a few times slower)."""
+    (what ``ops`` otherwise does with torch.where and two scatter_add calls, more slowly)."""
     lib = _get()
     assert lib is not None
     index, g = index.contiguous(), grad_y.contiguous()

@@ -1,13 +1,14 @@
 /* Native float32 CPU kernels of lp_dist for general p and p = ∞ (see certify/linf_dist/native.py).
  *
- * Plain C with GCC vector extensions (8 floats, one AVX register), no Python or torch headers, so
- * it compiles in about a second. Every function takes a range of rows (b0..b1 or o0..o1): the
- * caller runs ranges on several threads. Rows have CI floats, a multiple of lp_row_multiple() (the caller
- * pads with zeros: a padded coordinate has d = 0 and adds nothing).
+ * Plain C with GCC vector extensions (LANES floats: 16 with AVX-512, else 8), no Python or torch
+ * headers, so it compiles in about a second. Every function takes a range of rows (b0..b1 or
+ * o0..o1): the caller runs ranges on several threads. Rows have CI floats, a multiple of
+ * lp_row_multiple() (the caller pads with zeros: a padded coordinate has d = 0 and adds nothing).
  *
  * z^p is 2^(p·log2 z): log2 from the float's bits and a polynomial (as the compiled kernels do),
- * 2^v from a polynomial times 2^n built in the exponent bits. Terms whose exponent falls below
- * min_exp are 0 (the compiled kernels' flush; it also keeps every result a normal float).
+ * 2^v from a polynomial times 2^n built in the exponent bits. Exponents below min_exp are raised
+ * to it, so every term is a normal float (denormals would cost microcode assists); such a term is
+ * at most 2^-100 of the largest one, nothing in any sum or gradient.
  */
 #include <stdint.h>
 #include <math.h>
