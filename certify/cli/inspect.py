@@ -78,7 +78,9 @@ def _show(record: dict[str, Any], as_json: bool, note: str = "") -> None:
     if r.get("dataset"):
         rows += [("dataset", f"{r['dataset']} ({'×'.join(map(str, r['input_shape']))}, "
                              f"{r['num_classes']} classes)"),
-                 ("normalization", f"mean {_text(r['mean'])} std {_text(r['std'])}"),
+                 ("normalization", "inside the model (certify gives it pixels in [0, 1])"
+                  if r["format"] in ("torch.export", "torchscript")  # certify.exported.EXPORT, TORCHSCRIPT
+                  else f"mean {_text(r['mean'])} std {_text(r['std'])}"),
                  ("certification", _text(r["certification"]))]
     if r.get("objective"):
         rows += [("trained", f"{r['epoch']} epochs of {r.get('epochs') or '?'}, objective {r['objective']}"),
