@@ -16,7 +16,7 @@ from certify.checkpoint import load_checkpoint
 from certify.cli import main
 from certify.errors import UserError
 from certify.results import read_results
-from certify.training.distributed import DistInfo, env_info, init_from_env, train_sampler
+from certify.training.distributed import DistInfo, cleanup, env_info, init_from_env, train_sampler
 
 
 def free_port() -> int:
@@ -92,7 +92,7 @@ def test_sampler_gives_each_rank_a_disjoint_share_and_reshuffles_per_epoch():
 
 def test_environment_detection():
     assert env_info({}) == DistInfo()
-    assert env_info({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == DistInfo(1, 4, 1)
+    assert env_info({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == DistInfo(1, 4, 1, launched=True)
     with pytest.raises(UserError, match="incomplete torchrun environment: LOCAL_RANK not set"):
         env_info({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(UserError, match="must be integers"):
@@ -101,9 +101,20 @@ def test_environment_detection():
         env_info({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
-def test_single_process_under_torchrun_needs_no_process_group(monkeypatch):
-    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+def test_a_single_process_under_torchrun_takes_the_distributed_path(monkeypatch):
+    """torchrun with one process joins a process group of one (NCCL on a GPU), so one GPU can test
+    the distributed path; without torchrun nothing is initialized."""
+    assert not init_from_env("cpu")[0].enabled and not torch.distributed.is_initialized()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(name, value)
     info, device = init_from_env("cpu")
-    assert not info.enabled and not info.owns_group and device == torch.device("cpu")
+    try:
+        assert info.enabled and info.owns_group and device == torch.device("cpu")
+        assert torch.distributed.get_world_size() == 1 and torch.distributed.get_backend() == "gloo"
+    finally:
+        cleanup(info)
     assert not torch.distributed.is_initialized()

@@ -35,10 +35,13 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False
+    launched: bool = False  # started by torchrun, even as its only process
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """The distributed path runs: several processes, or torchrun with one (which then takes
+        the same path, NCCL included, as a job of many: how one GPU can test it)."""
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -62,7 +65,7 @@ def env_info(environ: dict[str, str] | None = None) -> DistInfo:
     if world < 1 or not 0 <= rank < world or local < 0:
         raise UserError(f"inconsistent torchrun environment: RANK={rank} WORLD_SIZE={world} "
                         f"LOCAL_RANK={local}")
-    return DistInfo(rank=rank, world_size=world, local_rank=local)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, launched=True)
 
 
 def init_from_env(device: str | torch.device, backend: str | None = None,
@@ -95,7 +98,7 @@ def init_from_env(device: str | torch.device, backend: str | None = None,
             kwargs["device_id"] = device  # binds NCCL to this GPU, so barriers need no device_ids
     dist.init_process_group(backend=backend, init_method="env://",
                             rank=info.rank, world_size=info.world_size, **kwargs)
-    return DistInfo(info.rank, info.world_size, info.local_rank, owns_group=True), device
+    return DistInfo(info.rank, info.world_size, info.local_rank, owns_group=True, launched=True), device
 
 
 def _rank_device(device: torch.device, info: DistInfo) -> torch.device:
