@@ -12,6 +12,16 @@ Three things are timed on one (randomly initialised, seeded) model, in one proce
       samples (n0 + n) in batches of the same size, with no noise drawn and no votes counted: the
       limit (b) can reach. fp32, plus autocast to every other precision asked for.
 
+``--variants`` adds further ``Smooth`` methods, each a different way of running the same weights
+(``certify/smoothing`` is unchanged; only the module handed to ``Smooth`` differs):
+
+  ``smooth[bf16+channels_last]``  a copy of the model in channels_last memory format behind a wrapper
+      that converts each noisy batch to channels_last, under bf16 autocast.
+  ``smooth[compile:P]``  the model wrapped with ``torch.compile(mode=--compile-mode, dynamic=False)``
+      at precision P (--compile-precision). Compilation happens in the warm-up, which calls it three
+      times (CUDA graphs are recorded on a shape's second call); its time is reported separately
+      ("compile_s" in the JSON) and never enters the timed repetitions.
+
 Each repetition certifies every example once with every method, example by example (a(x0) b(x0)
 c(x0) a(x1) ...), after one warm-up call of each; a method is reported by its median time over the
 repetitions, so load drifting on a shared machine hits all of them alike. Ratios are throughput
@@ -22,6 +32,9 @@ as the median of the per-call paired ratios, which is steadier on a noisy machin
 Usage:
   GPU (the issue's measurement; the defaults are meant for it):
     python benchmarks/certify_throughput.py --arch cifar_resnet110 --json results/certify_throughput_gpu.json
+  GPU with the variants (CUDA graphs through torch.compile's reduce-overhead mode):
+    python benchmarks/certify_throughput.py --arch cifar_resnet110 --examples 2 --repeats 2 \
+        --variants bf16+channels_last,compile --compile-mode reduce-overhead
   CPU (2 cores, LeNet 28×28, about 1.5–3 minutes depending on load):
     python benchmarks/certify_throughput.py --n 20000 --examples 2 --repeats 3 --precision fp32
   The defaults (n = 100000, fp32 and bf16) take far longer on a small CPU: LeNet runs at ~2500–10000
@@ -39,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -64,6 +78,8 @@ ARCHS = {
                         "std": (0.2023, 0.1994, 0.2010)},
 }
 ABSTAIN = -1
+VARIANTS = ("bf16+channels_last", "compile")
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 # ---------------------------------------------------------------- (a) the reference certify loop
@@ -109,6 +125,37 @@ def bare_forward(model, noisy, n0, n, batch_size, dtype):
         for num in (n0, n):
             for start in range(0, num, batch_size):
                 model(noisy[: min(batch_size, num - start)]).argmax(1)
+
+
+# ---------------------------------------------------------------- the --variants
+
+class ChannelsLast(torch.nn.Module):
+    """Runs ``model`` (already converted to channels_last) on its input in channels_last format."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+def channels_last_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A channels_last copy of ``model`` (the original keeps its layout) behind the converting wrapper."""
+    return ChannelsLast(copy.deepcopy(model).to(memory_format=torch.channels_last)).eval()
+
+
+def compile_mode(requested: str, device: torch.device) -> str:
+    """``auto``: CUDA graphs (reduce-overhead) on CUDA, inductor's default elsewhere."""
+    if requested != "auto":
+        return requested
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def compiled_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``model`` under torch.compile; dynamic=False gives one static graph per batch shape (n0's,
+    the full batch, the remainder), which is what CUDA graphs need and what the warm-up meets."""
+    return torch.compile(model, mode=mode, dynamic=False)
 
 
 # ---------------------------------------------------------------- harness
@@ -157,7 +204,20 @@ def _parse_args(argv):
     p.add_argument("--json", type=Path, default=None, help="also write every number to this file")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default mmap/trim thresholds (the certify CLI raises them)")
+    p.add_argument("--variants", default="",
+                   help=f"comma list of extra Smooth methods, from {list(VARIANTS)} (default: none)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="auto",
+                   help="torch.compile mode of the compile variant; auto: reduce-overhead (CUDA "
+                        "graphs) on CUDA, default elsewhere")
+    p.add_argument("--compile-precision", default="bf16",
+                   help=f"precision of the compile variant, from {sorted(PRECISIONS)} (default bf16)")
     args = p.parse_args(argv)
+    args.variant_list = [s.strip() for s in args.variants.split(",") if s.strip()]
+    for variant in args.variant_list:
+        if variant not in VARIANTS:
+            p.error(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+    if args.compile_precision not in PRECISIONS:
+        p.error(f"unknown --compile-precision {args.compile_precision!r}; choose from {sorted(PRECISIONS)}")
     args.precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
     for prec in args.precisions:
         if prec not in PRECISIONS:
@@ -215,19 +275,49 @@ def main(argv=None):
             g = torch.Generator(device=device).manual_seed(seed)
             return smooth.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
         methods[f"smooth[{prec}]"] = run_smooth
-    for prec in ["fp32"] + [p for p in args.precisions if p != "fp32"]:
+    # The variants: (method name, module handed to Smooth, its precision); forward[precision] is
+    # what each is compared with (b/c), so that forward method is added if --precision lacks it.
+    variants: list[tuple[str, torch.nn.Module, str]] = []
+    mode = compile_mode(args.compile_mode, device)
+    for variant in args.variant_list:
+        if variant == "bf16+channels_last":
+            variants.append(("smooth[bf16+channels_last]", channels_last_model(model), "bf16"))
+        else:
+            variants.append((f"smooth[compile:{args.compile_precision}]", compiled_model(model, mode),
+                             args.compile_precision))
+    for name, module, prec in variants:
+        smooth = Smooth(module, NUM_CLASSES, args.sigma, precision=prec)
+
+        def run_variant(i, n0, n, seed, smooth=smooth):
+            g = torch.Generator(device=device).manual_seed(seed)
+            return smooth.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
+        methods[name] = run_variant
+    variant_precision = {name: prec for name, _, prec in variants}
+    forward_precisions = ["fp32"] + [p for p in args.precisions if p != "fp32"]
+    forward_precisions += [p for p in dict.fromkeys(variant_precision.values()) if p not in forward_precisions]
+    for prec in forward_precisions:
         methods[f"forward[{prec}]"] = (
             lambda i, n0, n, seed, dtype=PRECISIONS[prec]:
             bare_forward(model, noisy[i], n0, n, args.batch, dtype))
 
     # Warm-up: one call of each, large enough to meet every batch shape of the timed calls
     # (n0's batch, full batches, the remainder), lazy imports, allocator and kernel selection.
+    # A compiled method compiles in its first call and (CUDA graphs) records on a shape's second, so
+    # it is warmed up three times; its first call's time is its compile time, reported apart.
     warm_n = min(args.n, args.batch + args.n % args.batch)
+    width = max(16, *(len(name) for name in methods))  # 16 unless a variant's name is longer
+    warmup_s, compile_s = {}, {}
     for name, fn in methods.items():
+        calls = 3 if name.startswith("smooth[compile") else 1
         t0 = time.perf_counter()
-        fn(0, args.n0, warm_n, args.seed)
-        _sync(device)
-        print(f"warm-up {name:<16} {time.perf_counter() - t0:7.2f} s", flush=True)
+        for call in range(calls):
+            fn(0, args.n0, warm_n, args.seed)
+            _sync(device)
+            if call == 0 and calls > 1:
+                compile_s[name] = time.perf_counter() - t0
+        warmup_s[name] = time.perf_counter() - t0
+        extra = f"  (compile: first call {compile_s[name]:.2f} s)" if name in compile_s else ""
+        print(f"warm-up {name:<{width}} {warmup_s[name]:7.2f} s{extra}", flush=True)
 
     # times[name][rep][i]: one certify (or forward sweep) of example i. The order is example-major,
     # a(x0) b(x0) c(x0) a(x1) ..., so the calls compared with each other run seconds apart.
@@ -251,12 +341,12 @@ def main(argv=None):
               + "  ".join(f"{name} {sum(ts[rep]):.2f}s" for name, ts in times.items()), flush=True)
 
     summary = {}
-    print(f"\n{'method':<16} {'median s':>9} {'s/example':>10} {'samples/s':>11}")
+    print(f"\n{'method':<{width}} {'median s':>9} {'s/example':>10} {'samples/s':>11}")
     for name, ts in times.items():
         med = statistics.median(sum(per_rep) for per_rep in ts)
         summary[name] = {"times_s": ts, "median_s": med, "s_per_example": med / args.examples,
                          "samples_per_s": samples_per_example * args.examples / med}
-        print(f"{name:<16} {med:9.3f} {med / args.examples:10.4f} {summary[name]['samples_per_s']:11.0f}")
+        print(f"{name:<{width}} {med:9.3f} {med / args.examples:10.4f} {summary[name]['samples_per_s']:11.0f}")
 
     def ratio(fast, slow):
         """Throughput of ``fast`` over ``slow``: of the medians, and the median of the paired
@@ -276,6 +366,14 @@ def main(argv=None):
               f"(paired {ratios[f'b/a[{prec}]']['paired_median']:.3f})   "
               f"b/c = {ratios[f'b/c[{prec}]']['of_medians']:.3f} "
               f"(paired {ratios[f'b/c[{prec}]']['paired_median']:.3f})")
+    for name, prec in variant_precision.items():
+        label = name[len("smooth["):-1]  # e.g. bf16+channels_last, compile:bf16
+        ratios[f"b/a[{label}]"] = ratio(name, "reference")
+        ratios[f"b/c[{label}]"] = ratio(name, f"forward[{prec}]")
+        print(f"{label}: b/a = {ratios[f'b/a[{label}]']['of_medians']:.3f} "
+              f"(paired {ratios[f'b/a[{label}]']['paired_median']:.3f})   "
+              f"b/c vs forward[{prec}] = {ratios[f'b/c[{label}]']['of_medians']:.3f} "
+              f"(paired {ratios[f'b/c[{label}]']['paired_median']:.3f})")
 
     # Agreement: different random streams, so the radii differ by sampling error; the classes
     # (and abstentions) should match unless pA is close to 1/2.
@@ -296,7 +394,11 @@ def main(argv=None):
             "threads": torch.get_num_threads(), "env": _environment(),
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "samples_per_example": samples_per_example, "methods": summary, "ratios": ratios,
-            "results": results, "same_class_everywhere": all_same}
+            "results": results, "same_class_everywhere": all_same, "warmup_s": warmup_s}
+        if variant_precision:
+            payload["variants"] = {name: {"precision": prec} for name, prec in variant_precision.items()}
+        if compile_s:
+            payload["compile"] = {"mode": mode, "compile_s": compile_s}
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
 
