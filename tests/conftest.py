@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -43,3 +44,14 @@ def small_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "model.pt"
     save_checkpoint(make_checkpoint(width=4, hidden=16), path)
     return path
+
+
+@pytest.fixture
+def single_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment torchrun gives its only process (a free local port for the rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)

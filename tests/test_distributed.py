@@ -91,7 +91,7 @@ def test_sampler_gives_each_rank_a_disjoint_share_and_reshuffles_per_epoch():
 
 
 def test_environment_detection():
-    assert env_info({}) == DistInfo()
+    assert env_info({}) == DistInfo() and not DistInfo().enabled
     assert env_info({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == DistInfo(1, 4, 1, launched=True)
     with pytest.raises(UserError, match="incomplete torchrun environment: LOCAL_RANK not set"):
         env_info({"RANK": "0", "WORLD_SIZE": "2"})
@@ -101,16 +101,9 @@ def test_environment_detection():
         env_info({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
-def test_a_single_process_under_torchrun_takes_the_distributed_path(monkeypatch):
+def test_a_single_process_under_torchrun_takes_the_distributed_path(single_torchrun):
     """torchrun with one process joins a process group of one (NCCL on a GPU), so one GPU can test
-    the distributed path; without torchrun nothing is initialized."""
-    assert not init_from_env("cpu")[0].enabled and not torch.distributed.is_initialized()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(name, value)
+    the distributed path (without torchrun, env_info gives a DistInfo that is not enabled)."""
     info, device = init_from_env("cpu")
     try:
         assert info.enabled and info.owns_group and device == torch.device("cpu")

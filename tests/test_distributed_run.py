@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,15 +137,9 @@ def test_resume_continues_each_part(small_checkpoint, fake_fmnist, tmp_path, mon
 
 
 def test_torchrun_single_rank_merges_and_guards_the_output(small_checkpoint, fake_fmnist, tmp_path,
-                                                           monkeypatch, capsys):
+                                                           monkeypatch, capsys, single_torchrun):
     """One rank (a process group of one) still writes a part and merges it; an existing OUT needs
     --resume."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(name, value)
     out = tmp_path / "R.tsv"
     args = run_args(small_checkpoint, out, fake_fmnist, "--shard", "auto")
     assert cli(*args) == 0
