@@ -268,13 +268,6 @@ def main(argv=None):
     methods = {"reference": lambda i, n0, n, seed: (
         torch.manual_seed(seed),
         reference_certify(model, xs[i], n0, n, args.alpha, args.batch, args.sigma))[1]}
-    for prec in args.precisions:
-        smooth = Smooth(model, NUM_CLASSES, args.sigma, precision=prec)
-
-        def run_smooth(i, n0, n, seed, smooth=smooth):
-            g = torch.Generator(device=device).manual_seed(seed)
-            return smooth.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
-        methods[f"smooth[{prec}]"] = run_smooth
     # The variants: (method name, module handed to Smooth, its precision); forward[precision] is
     # what each is compared with (b/c), so that forward method is added if --precision lacks it.
     variants: list[tuple[str, torch.nn.Module, str]] = []
@@ -285,13 +278,14 @@ def main(argv=None):
         else:
             variants.append((f"smooth[compile:{args.compile_precision}]", compiled_model(model, mode),
                              args.compile_precision))
-    for name, module, prec in variants:
+    plain = [(f"smooth[{prec}]", model, prec) for prec in args.precisions]
+    for name, module, prec in plain + variants:
         smooth = Smooth(module, NUM_CLASSES, args.sigma, precision=prec)
 
-        def run_variant(i, n0, n, seed, smooth=smooth):
+        def run_smooth(i, n0, n, seed, smooth=smooth):
             g = torch.Generator(device=device).manual_seed(seed)
             return smooth.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
-        methods[name] = run_variant
+        methods[name] = run_smooth
     variant_precision = {name: prec for name, _, prec in variants}
     forward_precisions = ["fp32"] + [p for p in args.precisions if p != "fp32"]
     forward_precisions += [p for p in dict.fromkeys(variant_precision.values()) if p not in forward_precisions]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.errors import UserError
+from certify.errors import UserError, first_line
 from certify.fsutil import atomic_writer, check_output_path
 
 FORMAT = "certify-checkpoint"
@@ -148,7 +148,7 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
             raise UserError(
                 f"refusing to load {path}: it contains pickled Python objects (code), which certify "
                 f"never executes; re-save it as a dict of tensors and plain values") from None
-        raise UserError(f"cannot read checkpoint {path}: corrupt file ({_first_line(err)})") from None
+        raise UserError(f"cannot read checkpoint {path}: corrupt file ({first_line(err)})") from None
     except Exception as err:  # a damaged file can fail anywhere inside the unpickler
         raise UserError(f"cannot read checkpoint {path}: {_what_is_wrong(path, err)}") from None
 
@@ -164,11 +164,6 @@ def _what_is_wrong(path: Path, err: BaseException) -> str:
         return "the file is truncated or damaged (its pickle stream ends early); copy it again"
     return (f"it is not a PyTorch checkpoint (it starts with {start!r}, not the zip archive that "
             f"torch.save writes)")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def _from_ours(raw: dict[str, Any], path: Path) -> Checkpoint:

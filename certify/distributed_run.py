@@ -15,6 +15,7 @@ sidecar, resumable like any run), exactly what ``--shard I/N --out R.part-I-of-N
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -124,8 +125,6 @@ def slurm_task(environ: Mapping[str, str]) -> tuple[int, int] | None:
 
 def resolve_auto(out: Path, environ: Mapping[str, str] | None = None) -> ShardPlan:
     """Read torchrun's and SLURM's variables into this process's plan (one clear error otherwise)."""
-    import os
-
     environ = os.environ if environ is None else environ
     slurm = slurm_task(environ)
     torchrun = any(name in environ for name in _TORCHRUN)

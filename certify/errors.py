@@ -7,3 +7,9 @@ traceback; anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """A mistake in the user's input (missing file, bad value, wrong dataset); the message says the fix."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error (at most 200 characters), to quote inside a UserError."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from certify.checkpoint import Checkpoint, file_sha256, load_checkpoint
-from certify.errors import UserError
+from certify.errors import UserError, first_line
 from certify.fsutil import atomic_writer, check_output_path
 
 EXPORT = "torch.export"
@@ -136,7 +136,7 @@ class ExportedCheckpoint(Checkpoint):
                 out = model(torch.zeros(2, *self.input_shape, device=device))
         except Exception as err:
             raise UserError(f"cannot run {self.path} on a batch of 2 {self.dataset} images ({shape}): "
-                            f"{_first_line(err)}") from None
+                            f"{first_line(err)}") from None
         if not isinstance(out, torch.Tensor):
             raise UserError(f"{self.path} returns a {type(out).__name__}, not one tensor of logits: "
                             f"certify needs (batch, {self.num_classes}) logits")
@@ -206,7 +206,7 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
     except pickle.UnpicklingError:
         raise UserError(_pickled_code(path)) from None
     except Exception as err:
-        raise UserError(f"cannot load {path} as a torch.export program ({_first_line(err)}); a "
+        raise UserError(f"cannot load {path} as a torch.export program ({first_line(err)}); a "
                         f"program exported by another PyTorch may not load in this one "
                         f"({torch.__version__}): export it again here") from None
     for module in program.graph_module.modules():
@@ -366,17 +366,12 @@ def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, and still loads
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as err:
-        raise UserError(f"cannot load {path} as TorchScript: {_first_line(err)}") from None
+        raise UserError(f"cannot load {path} as TorchScript: {first_line(err)}") from None
 
 
 def _pickled_code(path: Path) -> str:
     return (f"refusing to load {path}: it contains pickled Python objects (code), which certify "
             f"never executes; export the model again with plain tensor weights")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def warn_if_expects_normalized(ckpt: Checkpoint, model: nn.Module, data: Any,
@@ -438,7 +433,7 @@ def export_checkpoint(source: Path, out: Path, *, force: bool = False) -> Checkp
                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     except Exception as err:
         raise UserError(f"torch.export cannot export {ckpt.arch} from {source}: "
-                        f"{_first_line(err)}") from None
+                        f"{first_line(err)}") from None
     with atomic_writer(out, "wb") as f:
         torch.export.save(program, f)
     return ckpt
