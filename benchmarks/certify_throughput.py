@@ -12,15 +12,20 @@ Three things are timed on one (randomly initialised, seeded) model, in one proce
       samples (n0 + n) in batches of the same size, with no noise drawn and no votes counted: the
       limit (b) can reach. fp32, plus autocast to every other precision asked for.
 
-``--variants`` adds further ``Smooth`` methods, each a different way of running the same weights
-(``certify/smoothing`` is unchanged; only the module handed to ``Smooth`` differs):
+``--variants`` adds further ``Smooth`` methods, each a different way of running the same weights,
+built by the library's ``certify.smoothing.inference.fast_classifier`` (what ``certify run
+--channels-last --compile MODE`` runs):
 
-  ``smooth[bf16+channels_last]``  a copy of the model in channels_last memory format behind a wrapper
-      that converts each noisy batch to channels_last, under bf16 autocast.
-  ``smooth[compile:P]``  the model wrapped with ``torch.compile(mode=--compile-mode, dynamic=False)``
-      at precision P (--compile-precision). Compilation happens in the warm-up, which calls it three
-      times (CUDA graphs are recorded on a shape's second call); its time is reported separately
-      ("compile_s" in the JSON) and never enters the timed repetitions.
+  ``smooth[bf16+channels_last]``  the model in channels_last memory format, each noisy batch
+      converted to it, under bf16 autocast.
+  ``smooth[bf16+channels_last+cudnn_benchmark]``  the same with ``torch.backends.cudnn.benchmark``
+      on during its calls (cuDNN times its algorithms for each new shape and keeps the fastest).
+  ``smooth[compile:P]``, ``smooth[compile+channels_last:P]``  the model (in channels_last for the
+      second) under ``torch.compile(mode=--compile-mode, dynamic=False)`` at precision P
+      (--compile-precision), fed full batches only (``Smooth(static_batch=True)``, as ``certify
+      run --compile``). Compilation happens in the warm-up, which calls it three times (CUDA graphs
+      are recorded on a shape's second call); its time is reported separately ("compile_s" in the
+      JSON) and never enters the timed repetitions.
 
 Each repetition certifies every example once with every method, example by example (a(x0) b(x0)
 c(x0) a(x1) ...), after one warm-up call of each; a method is reported by its median time over the
@@ -70,6 +75,7 @@ from statsmodels.stats.proportion import proportion_confint
 from certify.allocator import tune_malloc
 from certify.nets import build_model
 from certify.smoothing.core import PRECISIONS, Smooth
+from certify.smoothing.inference import fast_classifier
 
 NUM_CLASSES = 10
 ARCHS = {
@@ -78,7 +84,7 @@ ARCHS = {
                         "std": (0.2023, 0.1994, 0.2010)},
 }
 ABSTAIN = -1
-VARIANTS = ("bf16+channels_last", "compile")
+VARIANTS = ("bf16+channels_last", "bf16+channels_last+cudnn_benchmark", "compile", "compile+channels_last")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
@@ -129,20 +135,11 @@ def bare_forward(model, noisy, n0, n, batch_size, dtype):
 
 # ---------------------------------------------------------------- the --variants
 
-class ChannelsLast(torch.nn.Module):
-    """Runs ``model`` (already converted to channels_last) on its input in channels_last format."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.contiguous(memory_format=torch.channels_last))
-
-
-def channels_last_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A channels_last copy of ``model`` (the original keeps its layout) behind the converting wrapper."""
-    return ChannelsLast(copy.deepcopy(model).to(memory_format=torch.channels_last)).eval()
+def variant_model(model: torch.nn.Module, variant: str, mode: str) -> torch.nn.Module:
+    """A copy of ``model`` run the way ``variant`` says, through the library's fast_classifier (what
+    ``certify run --channels-last --compile MODE`` runs)."""
+    return fast_classifier(copy.deepcopy(model), channels_last="channels_last" in variant,
+                           compile_mode=mode if variant.startswith("compile") else "off")
 
 
 def compile_mode(requested: str, device: torch.device) -> str:
@@ -150,12 +147,6 @@ def compile_mode(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
     return "reduce-overhead" if device.type == "cuda" else "default"
-
-
-def compiled_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """``model`` under torch.compile; dynamic=False gives one static graph per batch shape (n0's,
-    the full batch, the remainder), which is what CUDA graphs need and what the warm-up meets."""
-    return torch.compile(model, mode=mode, dynamic=False)
 
 
 # ---------------------------------------------------------------- harness
@@ -273,18 +264,26 @@ def main(argv=None):
     variants: list[tuple[str, torch.nn.Module, str]] = []
     mode = compile_mode(args.compile_mode, device)
     for variant in args.variant_list:
-        if variant == "bf16+channels_last":
-            variants.append(("smooth[bf16+channels_last]", channels_last_model(model), "bf16"))
+        if variant.startswith("compile"):
+            variants.append((f"smooth[{variant}:{args.compile_precision}]",
+                             variant_model(model, variant, mode), args.compile_precision))
         else:
-            variants.append((f"smooth[compile:{args.compile_precision}]", compiled_model(model, mode),
-                             args.compile_precision))
+            variants.append((f"smooth[{variant}]", variant_model(model, variant, mode), "bf16"))
     plain = [(f"smooth[{prec}]", model, prec) for prec in args.precisions]
     for name, module, prec in plain + variants:
-        smooth = Smooth(module, NUM_CLASSES, args.sigma, precision=prec)
+        # a compiled model gets full batches only, as certify run --compile gives it
+        smooth = Smooth(module, NUM_CLASSES, args.sigma, precision=prec,
+                        static_batch=name.startswith("smooth[compile"))
+        benchmark_cudnn = "cudnn_benchmark" in name
 
-        def run_smooth(i, n0, n, seed, smooth=smooth):
+        def run_smooth(i, n0, n, seed, smooth=smooth, benchmark_cudnn=benchmark_cudnn):
             g = torch.Generator(device=device).manual_seed(seed)
-            return smooth.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
+            # cudnn.benchmark is global: on for this method's calls only
+            before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, benchmark_cudnn
+            try:
+                return smooth.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
+            finally:
+                torch.backends.cudnn.benchmark = before
         methods[name] = run_smooth
     variant_precision = {name: prec for name, _, prec in variants}
     forward_precisions = ["fp32"] + [p for p in args.precisions if p != "fp32"]

@@ -432,7 +432,7 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
     steps = {s.name: s for s in results.get("steps_parsed", [])}
     tests = results.get("tests", {})
     targets = [
-        _tests_target("GPU-marked tests (pytest -m gpu tests/)", tests.get("gpu"), steps.get("tests_gpu")),
+        _tests_target("GPU-marked tests (pytest -m gpu)", tests.get("gpu"), steps.get("tests_gpu")),
         _tests_target("Triton kernels vs float64 reference (test_lp_dist_triton.py)", tests.get("triton"),
                       steps.get("tests_triton")),
     ]

@@ -62,7 +62,7 @@ def test_shared_options_are_declared_once():
             (same,) = [o for o in METHODS[method].options if o.name == name]
             assert same == option, (name, method)
     shared = {n for n, (_, ms) in all_options().items() if {"cohen", "sequential"} <= set(ms)}
-    assert shared == {"n0", "n", "alpha", "precision"}
+    assert shared == {"n0", "n", "alpha", "precision", "channels_last", "compile"}
 
 
 def test_each_method_records_its_resume_keys_in_the_sidecar():
@@ -118,7 +118,7 @@ def test_a_new_method_is_one_class_and_one_registry_line(small_checkpoint, fake_
 
 @pytest.mark.parametrize("extra, message", [
     (["--radii", "0.5"], "--radii: does not apply to method cohen (its options: --n0, --n, "
-                         "--alpha, --precision)"),
+                         "--alpha, --precision, --channels-last, --compile)"),
     (["--bound", "interval"], "--bound: does not apply to method cohen"),
     (["--method", "sequential", "--radii", "0.5,x"], "--radii: expected numbers"),
     (["--method", "sequential", "--radii", "-1"], "--radii: expected positive numbers"),

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from certify.methods.base import OptionError, Row, example_generator
-from certify.methods.cohen import ALPHA, PRECISION, Cohen, N
+from certify.methods.cohen import ALPHA, CHANNELS_LAST, COMPILE, PRECISION, Cohen, N
 from certify.smoothing.bounds import top_two_test_pvalue
 from certify.smoothing.core import Smooth
 
@@ -35,7 +35,7 @@ class Predict(Cohen):
     name = "predict"
     summary = ("g(x) or abstain from --n votes (Hung & Fithian's test), as the reference's "
                "predict.py; radius 0")
-    options = (N, ALPHA, PRECISION)  # N: the reference's default; its README uses 1000
+    options = (N, ALPHA, PRECISION, CHANNELS_LAST, COMPILE)  # N: the reference's default; its README uses 1000
     resume_keys = ("sigma", "n", "alpha", "precision")
     columns = ("pvalue",)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from certify.methods.base import CertificationMethod, MethodOption, Row, example_generator
-from certify.methods.cohen import SMOOTHING_OPTIONS, check_certifiable
+from certify.methods.cohen import SMOOTHING_OPTIONS, base_classifier, check_certifiable
 from certify.smoothing.sequential import SequentialSmooth
 
 
@@ -52,9 +52,10 @@ class Sequential(CertificationMethod):
         check_certifiable(self.settings["n"], 0.75 * self.settings["alpha"])  # the last round's level
         s = self.settings
         self.sigma = float(self.ckpt.certification["sigma"])
-        self.smooth = SequentialSmooth(self.model, self.ckpt.num_classes, self.sigma,
-                                       radii=s["radii"], futility=s["futility"],
-                                       first_round=s["first_round"], precision=s["precision"])
+        self.smooth = SequentialSmooth(base_classifier(self.model, s), self.ckpt.num_classes,
+                                       self.sigma, radii=s["radii"], futility=s["futility"],
+                                       first_round=s["first_round"], precision=s["precision"],
+                                       static_batch=s["compile"] != "off")
         self.rule = self.smooth.rule(s["n"], s["alpha"])
 
     def certify_stream(self, examples: Iterable[tuple[int, torch.Tensor]]) -> Iterator[Row]:

@@ -26,14 +26,17 @@ class Smooth:
     ABSTAIN = -1
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma: float,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", static_batch: bool = False):
         """``precision`` sets the dtype of the base classifier's forward (autocast); the noise is
-        always drawn and added in fp32, so a lower precision is just another deterministic f."""
+        always drawn and added in fp32, so a lower precision is just another deterministic f.
+        ``static_batch``: every forward gets a full ``batch_size`` rows, the votes of rows beyond
+        the samples asked for being dropped, so that a compiled classifier meets one shape only."""
         check_smoothing(num_classes, sigma, precision)
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = float(sigma)
         self.precision = precision
+        self.static_batch = static_batch
         self._buffer: torch.Tensor | None = None
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
@@ -85,14 +88,16 @@ class Smooth:
                      generator: torch.Generator | None) -> torch.Tensor:
         """Hard votes of f on ``num`` noisy copies of x, as an int64 tensor of class counts on x's device."""
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
-        buffer = self._noise_buffer(x, min(batch_size, num))
+        rows = batch_size if self.static_batch else min(batch_size, num)
+        buffer = self._noise_buffer(x, rows)
         autocast = autocast_context(x.device, PRECISIONS[self.precision])
         with torch.inference_mode(), autocast:
             for start in range(0, num, batch_size):
-                noisy = buffer[: min(batch_size, num - start)]
+                take = min(batch_size, num - start)
+                noisy = buffer[: rows if self.static_batch else take]
                 noisy.normal_(0.0, self.sigma, generator=generator)
                 noisy.add_(x)  # x + ε in fp32, not clamped to [0, 1] (as the reference)
-                votes = self.base_classifier(noisy).argmax(1)
+                votes = self.base_classifier(noisy).argmax(1)[:take]
                 counts += torch.bincount(votes, minlength=self.num_classes)
         return counts
 

@@ -61,11 +61,13 @@ class SequentialSmooth:
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma: float,
                  radii: Sequence[float] | None = None, futility: float = 0.1, first_round: int = 512,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", static_batch: bool = False):
         """``radii``: the radii whose certified accuracy matters (default: multiples of 0.25 that n
         samples can certify at the last round's level). ``futility``: the level of the test that
         gives up on the next radius (it costs accuracy, never validity). ``first_round``: samples
-        of the first estimation round; each later round doubles the total."""
+        of the first estimation round; each later round doubles the total. ``static_batch``: every
+        forward gets the full batch (rows past the filled ones are left over and their votes
+        dropped), so that a compiled classifier meets one shape only."""
         check_smoothing(num_classes, sigma, precision)
         self.base_classifier = base_classifier
         self.num_classes = num_classes
@@ -74,6 +76,7 @@ class SequentialSmooth:
         self.futility = futility
         self.first_round = first_round
         self.precision = precision
+        self.static_batch = static_batch
         self.last_num_samples = 0
         self._rules: dict[tuple[float, int], StoppingRule] = {}
         self._buffer: torch.Tensor | None = None
@@ -150,7 +153,7 @@ class SequentialSmooth:
             if filled == batch_size:
                 break
         with autocast_context(x0.device, PRECISIONS[self.precision]):
-            logits = self.base_classifier(batch[:filled])
+            logits = self.base_classifier(batch if self.static_batch else batch[:filled])[:filled]
             if logits.shape[1] != self.num_classes:  # or votes would be counted for another input
                 raise ValueError(f"the classifier gives {logits.shape[1]} outputs, but "
                                  f"num_classes is {self.num_classes}")
@@ -203,7 +206,8 @@ class SequentialSmooth:
     def _batch_buffer(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         buf = self._buffer
         if buf is None or buf.shape[1:] != x.shape or buf.shape[0] < rows or buf.device != x.device:
-            buf = torch.empty((rows, *x.shape), dtype=torch.float32, device=x.device)
+            # zeros, not empty: with static_batch the rows past the filled ones go through the model
+            buf = torch.zeros((rows, *x.shape), dtype=torch.float32, device=x.device)
             self._buffer = buf
         return buf
 
