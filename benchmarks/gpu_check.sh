@@ -28,8 +28,8 @@
 #   tests_gpu               60       20      pytest -m gpu on the files that have GPU marks (collecting
 #                                            all of tests/ took ~73 s on the H200: not done)
 #   tests_triton            60       30      tests/test_lp_dist_triton.py (compiled kernels on CUDA)
-#   lp_dist_small           30       10      B=512, CI=CO=1024: ours/cdist/triton
-#   lp_dist_large           60       40      B=512, CI=CO=5120
+#   lp_dist_small           40       20      B=512, CI=CO=1024: ours/cdist/triton/triton-outer
+#   lp_dist_large           60       35      B=512, CI=CO=5120
 #   certify_throughput     100       70      cifar_resnet110 (random weights), N=100,000, 2 images,
 #                                            2 repeats: reference loop, Smooth fp32, bf16,
 #                                            bf16+channels_last with and without cudnn.benchmark
@@ -143,7 +143,7 @@ log "mode $MODE, device $DEVICE, budget ${BUDGET}s, work folder $WORK, data $DAT
 
 # ---- sizes: the issue's on the GPU, tiny ones for the CPU dry run
 if [[ "$MODE" == gpu ]]; then
-    LP_ARGS=(--device cuda --batch 512 --impls ours cdist triton)
+    LP_ARGS=(--device cuda --batch 512 --impls ours cdist triton triton-outer)
     LP_SMALL=1024
     LP_LARGE=5120
     CT_ARGS=(--arch cifar_resnet110 --n 100000 --device cuda)
@@ -155,7 +155,7 @@ if [[ "$MODE" == gpu ]]; then
     LINF_RUN_ARGS=(--count 1000 --device cuda)
     SEQ_ARGS=(--count 100 --n 100000 --device cuda)
 else
-    LP_ARGS=(--device cpu --batch 64 --impls ours cdist triton --repeats 2)
+    LP_ARGS=(--device cpu --batch 64 --impls ours cdist triton triton-outer --repeats 2)
     LP_SMALL=128
     LP_LARGE=256
     CT_ARGS=(--arch lenet --n 2000 --device cpu)
@@ -182,7 +182,7 @@ run_step tests_gpu 60 0 -- "${PYTEST[@]}" -m gpu "${GPU_TEST_FILES[@]}"
 run_step tests_triton 60 0 -- "${PYTEST[@]}" -m "not gpu" tests/test_lp_dist_triton.py
 
 # ---- 2. lp_dist throughput against torch.cdist (and the FP32 peak fraction on CUDA)
-run_step lp_dist_small 30 0 -- "$PYTHON" benchmarks/lp_dist.py "${LP_ARGS[@]}" \
+run_step lp_dist_small 40 0 -- "$PYTHON" benchmarks/lp_dist.py "${LP_ARGS[@]}" \
     --in-features "$LP_SMALL" --out-features "$LP_SMALL" --json "$WORK/lp_dist_small.json"
 run_step lp_dist_large 60 0 -- "$PYTHON" benchmarks/lp_dist.py "${LP_ARGS[@]}" \
     --in-features "$LP_LARGE" --out-features "$LP_LARGE" --json "$WORK/lp_dist_large.json"

@@ -12,6 +12,8 @@ costs B·CO·CI element-ops) of:
   cdist      torch.cdist(x, w, p)
   reference  the naive broadcast reference (materializes B×CO×CI; skipped when too big)
   triton     lp_dist(backend="triton"), on CUDA only, when certify.linf_dist.triton_kernels exists
+  triton-outer  the same with the outer-product forward kernel for p ≤ 10 (triton_kernels.
+             forward_layout("outer"); the backward and the other p are the triton row's)
 
 "forward" runs under torch.no_grad() (p = ∞ then skips the argmax); "fwd+bwd" runs the forward
 with gradients and backward(grad_y). The first call of each measurement (compilation, caches) is
@@ -79,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--impls", nargs="+",
-                        default=["ours", "inductor", "eager", "cdist", "reference", "triton"],
+                        default=["ours", "inductor", "eager", "cdist", "reference", "triton",
+                                 "triton-outer"],
                         help="implementations to run (default: all that apply)")
     parser.add_argument("--no-reference", action="store_true", help="skip the naive reference")
     parser.add_argument("--reference-max-gib", type=float, default=4.0,
@@ -163,6 +166,11 @@ def implementations(args: argparse.Namespace, device: torch.device,
 
             if triton_kernels.available(x):
                 impls["triton"] = lambda a, b, p: lp_dist(a, b, p, backend="triton")
+
+                def triton_outer(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
+                    with triton_kernels.forward_layout("outer"):
+                        return lp_dist(a, b, p, backend="triton")
+                impls["triton-outer"] = triton_outer
             else:
                 print("triton: not available on this device, skipped")
         except Exception as error:  # an absent or broken optional backend only skips its rows
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for p in args.p:
         for name, op in impls.items():
-            rows = args.batch if name in ("ours", "inductor", "triton") else baseline_rows
+            rows = args.batch if name in ("ours", "inductor", "triton", "triton-outer") else baseline_rows
             x = x_full[:rows].contiguous()
             element_ops = rows * co * ci
             if name == "reference":
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("forward", "fwd+bwd"):
             record[mode]["vs_cdist"] = (record[mode]["gops"] / cdist[mode]["gops"]) if cdist else None
 
-    header = (f"{'p':>6} {'impl':<10} {'fwd G/s':>9} {'vs cdist':>9} {'fwd+bwd G/s':>12} "
+    header = (f"{'p':>6} {'impl':<12} {'fwd G/s':>9} {'vs cdist':>9} {'fwd+bwd G/s':>12} "
               f"{'vs cdist':>9} {'first fwd s':>12} {'first f+b s':>12}")
     if device.type == "cuda":
         header += f" {'fwd peak':>9} {'f+b peak':>9}"
@@ -246,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         def ratio(value):
             return f"{value:9.1f}" if value is not None else f"{'-':>9}"
 
-        line = (f"{record['p']:>6g} {record['impl']:<10} {f['gops']:9.3f} {ratio(f['vs_cdist'])} "
+        line = (f"{record['p']:>6g} {record['impl']:<12} {f['gops']:9.3f} {ratio(f['vs_cdist'])} "
                 f"{fb['gops']:12.3f} {ratio(fb['vs_cdist'])} {f['first_s']:12.2f} "
                 f"{fb['first_s']:12.2f}")
         if device.type == "cuda":

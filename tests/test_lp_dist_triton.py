@@ -119,6 +119,29 @@ def test_float32_matches_reference(p, shape):
     _assert_close((y, gx, gw), _reference(x, w, p, gy), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.7, 8.0, 8.5, 50.0])
+def test_outer_forward_matches_reference(p, shape, dtype):
+    # the outer-product forward for p ≤ 10 (p = 50 checks that larger p keep the tile kernel)
+    x, w, gy = _data(*shape, dtype=dtype)
+    with tk.forward_layout("outer"):
+        y = tk.forward(x, w, p)
+    tol = 1e-10 if dtype == torch.float64 else _float32_tolerance(p)
+    torch.testing.assert_close(y.cpu().double(), _reference(x, w, p, gy)[0], rtol=tol, atol=tol)
+    # the same values as the tile kernel (not only close to the reference) where the sums agree
+    torch.testing.assert_close(y, tk.forward(x, w, p), rtol=tol, atol=tol)
+
+
+def test_forward_layout_is_restored_and_checked():
+    with tk.forward_layout("outer"):
+        assert tk._forward_layout == "outer"
+    assert tk._forward_layout == "tile"
+    with pytest.raises(ValueError, match="forward layout"):
+        with tk.forward_layout("diagonal"):
+            pass
+
+
 @pytest.mark.parametrize("p, split_b", [(3.7, 1), (3.7, 3), (8.0, 5)])
 def test_backward_b_split(p, split_b):
     # split 1 stores grad_w, larger splits add it atomically (5 leaves a ragged last slice); CO = 70
@@ -218,6 +241,10 @@ def test_gradcheck(p):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gpu_large_matches_eager(p, dtype):
     x, w, gy = _data(512, 1024, 1024, dtype=dtype, seed=3)
+    if p <= 10:  # the outer-product forward on the same data
+        with tk.forward_layout("outer"):
+            torch.testing.assert_close(tk.forward(x, w, p), ops.lp_dist(x, w, p, backend="eager"),
+                                       rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=0)
     x.requires_grad_()
     w.requires_grad_()
     y_ref = ops.lp_dist(x, w, p, backend="eager")

@@ -9,7 +9,8 @@ kernels run on PyTorch's current stream, offsets are 64-bit, fp64 works, and no 
 """
 
 import functools
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import Tensor
@@ -28,6 +29,10 @@ except Exception:  # noqa: BLE001 - missing or broken install: the module import
 _FORWARD_BLOCKS = {torch.float32: (32, 32, 8), torch.float64: (32, 32, 4)}
 _BACKWARD_BLOCKS = {torch.float32: (4, 64, 32), torch.float64: (2, 64, 32)}
 _NUM_WARPS = 4
+# The outer-product forward (p ≤ 10): (BLOCK_B, BLOCK_CO), 32 fp32 accumulators per thread at 4 warps.
+_OUTER_BLOCKS = {torch.float32: (64, 64), torch.float64: (32, 64)}
+FORWARD_LAYOUTS = ("tile", "outer")
+_forward_layout = "tile"
 _PROGRAMS_PER_SM = 4  # backward: split B until about this many programs run per SM
 
 if triton is not None:
@@ -136,6 +141,36 @@ if triton is not None:
         tl.store(out, y, mask=mask_b[:, None] & mask_o[None, :])
 
     @triton.jit
+    def _lp_forward_outer_kernel(xt_ptr, wt_ptr, y_ptr, B, CO, CI, p: tl.float64, IP: tl.constexpr,
+                                 BLOCK_B: tl.constexpr, BLOCK_CO: tl.constexpr):
+        # p ≤ 10 as an outer product: one program per BLOCK_B × BLOCK_CO tile of y, stepping through CI
+        # one coordinate at a time; xt (CI, B) and wt (CI, CO) are transposed, so each step loads one
+        # contiguous row of each and every thread updates its own accumulators (no reduction across
+        # threads, unlike the 3-D tile's sum over its CI axis).
+        dtype = xt_ptr.dtype.element_ty
+        power = tl.full((), p, dtype)
+        rows_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        rows_o = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        mask_b = rows_b < B
+        mask_o = rows_o < CO
+        x_col = xt_ptr + rows_b  # advanced by B (CO) per step: 64-bit pointers, no int32 product
+        w_col = wt_ptr + rows_o
+        total = tl.zeros((BLOCK_B, BLOCK_CO), dtype)
+        for _ in range(0, CI):
+            xk = tl.load(x_col, mask=mask_b, other=0.0)
+            wk = tl.load(w_col, mask=mask_o, other=0.0)
+            total += _abs_pow(tl.abs(xk[:, None] - wk[None, :]), power, IP)
+            x_col += B
+            w_col += CO
+        total = tl.maximum(total, tl.full((), _FLT_MIN, dtype))  # underflow floor, as the tile kernel
+        if IP == 1:
+            y = total
+        else:
+            y = tl.exp2(tl.log2(total) / power)
+        out = y_ptr + rows_b.to(tl.int64)[:, None] * CO + rows_o[None, :]
+        tl.store(out, y, mask=mask_b[:, None] & mask_o[None, :])
+
+    @triton.jit
     def _linf_forward_kernel(x_ptr, w_ptr, y_ptr, index_ptr, B, CO, CI, WITH_INDEX: tl.constexpr,
                              BLOCK_B: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
         # p = ∞: running max over CI chunks and, if WITH_INDEX, the first maximal coordinate with its sign.
@@ -225,6 +260,20 @@ def available(x: Tensor) -> bool:
         return False
 
 
+@contextmanager
+def forward_layout(name: str) -> Iterator[None]:
+    """Run the p ≤ 10 forward with the ``"tile"`` kernel (the default) or the ``"outer"`` one inside
+    this block: the benchmark measures both on a GPU before either becomes the only one."""
+    global _forward_layout
+    if name not in FORWARD_LAYOUTS:
+        raise ValueError(f"forward layout must be one of {', '.join(FORWARD_LAYOUTS)}, got {name!r}")
+    before, _forward_layout = _forward_layout, name
+    try:
+        yield
+    finally:
+        _forward_layout = before
+
+
 def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     """``y[b, o] = ‖x[b] − w[o]‖_p`` for finite p ≥ 1, with eager's numerics (see the module docstring)."""
     x, w = x.contiguous(), w.contiguous()
@@ -233,6 +282,15 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
         return eager.forward(x, w, p)
     p = float(p)
     y = x.new_empty(B, CO)
+    if _forward_layout == "outer" and p <= NORMALIZE_ABOVE_P:
+        bb, bco = _OUTER_BLOCKS[x.dtype]
+        grid = (triton.cdiv(B, bb), triton.cdiv(CO, bco))
+        with _device_guard(x):
+            _lp_forward_outer_kernel[grid](x.t().contiguous(), w.t().contiguous(), y, B, CO, CI, p,
+                                           IP=_integer_power(p), BLOCK_B=bb, BLOCK_CO=bco,
+                                           num_warps=_NUM_WARPS)
+        usage.record("triton")
+        return y
     bb, bco, bci = _FORWARD_BLOCKS[x.dtype]
     grid = (triton.cdiv(B, bb), triton.cdiv(CO, bco))
     with _device_guard(x):
