@@ -32,8 +32,9 @@ RUN_OPTIONS: tuple[Param, ...] = (
     Param("amp", "off", "bf16: autocast the training forward and loss to bfloat16 (evaluation stays "
           "fp32).", kind=str, choices=AMP_MODES),
 )
-# Settings that may change when a run is resumed (they do not change what is being trained).
-RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir", "channels_last")
+# Settings that may change when a run is resumed (they do not change what is being trained;
+# augment_on draws other random numbers from the same distribution).
+RESUMABLE_CHANGES = ("epochs", "device", "workers", "data_dir", "channels_last", "augment_on")
 
 
 @dataclass(frozen=True)

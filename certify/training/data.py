@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Any, cast
 
+import torch
 from torch.utils.data import Subset
 
 from certify.data.augment import crop_augmentation
-from certify.params import Param
+from certify.params import Param, ParamError
 from certify.training.views import TrainingData, prepare_training_data
+
+AUGMENT_PLACES = ("auto", "loader", "batch")
 
 DATA_OPTIONS: tuple[Param, ...] = (
     Param("dataset", "fashion-mnist", "fashion-mnist, mnist or cifar10.", kind=str),
@@ -35,13 +38,23 @@ DATA_OPTIONS: tuple[Param, ...] = (
           kind=int, at_least=1),
     Param("eval_count", None, "Evaluate each epoch on the first N test images (default: all).",
           kind=int, at_least=1),
+    Param("augment_on", "auto", "Where the training augmentation runs: per image in the DataLoader "
+          "(loader), or per batch on the training device after the copy (batch; the same "
+          "distribution, other random numbers). auto: batch on CUDA, loader elsewhere.", kind=str,
+          choices=AUGMENT_PLACES),
     Param("workers", 0, "DataLoader worker processes (per process under torchrun).", kind=int,
           at_least=0),
 )
 
 
-def load_training_data(settings: Any, info: Any, seed: int) -> tuple[TrainingData, Any]:
-    """The training view (its ``train`` split augmented) and the first ``eval_count`` test images."""
+def load_training_data(settings: Any, info: Any, seed: int,
+                       device: torch.device | None = None) -> tuple[TrainingData, Any]:
+    """The training view (its ``train`` split augmented) and the first ``eval_count`` test images.
+
+    Resolves ``settings.augment_on`` (auto) for ``device`` (None: the CPU), so that the checkpoint
+    records where augmentation ran; with ``batch`` the split's per-image transform is taken off and
+    handed to the loop as ``TrainingData.batch_augment``.
+    """
     from certify.data import load_dataset
 
     # Any: a dataset with a settable .transform, which torch's Dataset type does not declare
@@ -49,6 +62,12 @@ def load_training_data(settings: Any, info: Any, seed: int) -> tuple[TrainingDat
                                   augment=settings.augment == "dataset")
     if settings.augment.startswith("crop-"):
         train_set.transform = crop_augmentation(info, edge=settings.augment == "crop-edge")
+    transform = getattr(train_set, "transform", None)
+    settings.augment_on = augment_place(settings.augment_on, transform, device)
+    batch_augment = None
+    if settings.augment_on == "batch" and transform is not None:
+        batch_augment = transform.batch
+        train_set.transform = None
     test_set = load_dataset(settings.dataset, "test", data_dir=settings.data_dir)
     data = prepare_training_data(train_set, info.name, info.num_classes, settings.label_noise,
                                  settings.val_count, settings.train_count, seed,
@@ -56,7 +75,21 @@ def load_training_data(settings: Any, info: Any, seed: int) -> tuple[TrainingDat
                                  imbalance_profile=settings.imbalance_profile,
                                  balanced_val=settings.balanced_val,
                                  imbalance_seed=settings.imbalance_seed)
+    data.batch_augment = batch_augment
     count = settings.eval_count
     if count is not None and count < len(cast(Sized, test_set)):  # loaded datasets have a length
         test_set = Subset(test_set, range(count))
     return data, test_set
+
+
+def augment_place(setting: str, transform: Any, device: torch.device | None) -> str:
+    """``loader`` or ``batch``: ``setting`` with auto resolved (batch on CUDA, where per-image
+    Python would starve the GPU; loader elsewhere, which keeps CPU runs' random numbers). An
+    augmentation without a batch form runs in the loader under auto, and refuses ``batch``."""
+    batchable = transform is None or callable(getattr(transform, "batch", None))
+    if setting == "auto":
+        return "batch" if device is not None and device.type == "cuda" and batchable else "loader"
+    if setting == "batch" and not batchable:
+        raise ParamError("augment_on", f"batch needs an augmentation with a batch form; this "
+                                       f"dataset's ({transform!r}) has none: use loader")
+    return setting

@@ -91,7 +91,7 @@ def _train(config: TrainConfig, out: Path, objective: Objective, dist_info: Dist
     # draws exactly what an undistributed run would. DDP then copies rank 0's initial weights.
     torch.manual_seed(config.seed + dist_info.rank)
     model = build_training_model(config.model, info, device)
-    data, test_set = load_training_data(config.data, info, config.seed)
+    data, test_set = load_training_data(config.data, info, config.seed, device)  # resolves augment_on
     run = TrainingRun(config=config, model=model, data=data, test_set=test_set, objective=objective,
                       device=device, num_classes=info.num_classes, distributed=dist_info.enabled)
     components: list[TrainingComponent] = [c(getattr(config, c.name)) for c in COMPONENTS]
@@ -131,7 +131,7 @@ def _train(config: TrainConfig, out: Path, objective: Objective, dist_info: Dist
         loader = _loader(train_set, config, epoch, sampler, weights)
         sums, scheduled = _train_epoch(model, objective, loader, optimizer,
                                        scheduler, epoch, device, config, f"epoch {epoch + 1}/{config.epochs}",
-                                       progress)
+                                       progress, data.batch_augment)
         if not per_step(config.schedule):
             scheduler.step()
         seconds = time.perf_counter() - t0
@@ -203,9 +203,11 @@ def _loader(train_set: Any, config: TrainConfig, epoch: int, sampler: Distribute
 
 def _train_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
                  scheduler: Any, epoch: int, device: torch.device, config: TrainConfig, desc: str,
-                 progress: bool) -> tuple[dict[str, float], dict[str, float]]:
+                 progress: bool, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 ) -> tuple[dict[str, float], dict[str, float]]:
     """One pass over ``loader``: sums (not means, so that ranks can be added up) and the values the
-    objective's schedule set for the last step (p, ε, ...)."""
+    objective's schedule set for the last step (p, ε, ...). ``augment``: applied to each batch once
+    it is on ``device`` (augment_on batch)."""
     from tqdm import tqdm
 
     model.train()
@@ -218,8 +220,11 @@ def _train_epoch(model: nn.Module, objective: Objective, loader: DataLoader, opt
               dynamic_ncols=True) as bar:
         for batch_index, (x, y) in enumerate(bar):
             scheduled = objective.schedule(plain, epoch * len(loader) + batch_index, len(loader))
-            x = x.to(device, non_blocking=True, memory_format=torch.channels_last
-                     if channels_last and x.dim() == 4 else torch.preserve_format)
+            x = x.to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             for xc, yc in zip(x.chunk(steps), y.chunk(steps), strict=True):
                 with _autocast(config.amp, device):

@@ -9,6 +9,7 @@ clean labels are kept only to measure how much of the noise the model memorizes.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ class TrainingData:
     clean_targets: Tensor | None = None  # of the flipped images, for evaluation only
     class_counts: list[int] | None = None  # training images per class (as labelled)
     long_tail: dict[str, Any] | None = None  # the view's parameters, recorded in the checkpoint
+    # augment_on batch: the augmentation the loop applies to each batch on the training device
+    # (then ``train`` has no per-image transform); None: any augmentation runs in the loader
+    batch_augment: Callable[[Tensor], Tensor] | None = None
 
 
 def parse_label_noise(text: str) -> tuple[str, float] | None:
