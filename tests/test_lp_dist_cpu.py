@@ -345,6 +345,27 @@ def test_native_inf_index_is_the_first_maximum_on_both_kernels(ci):
     assert torch.equal(native.forward_inf(x, w, False)[0], y_ref)
 
 
+@pytest.mark.parametrize("p", [64.0, 100.0, 1000.0])
+def test_native_skips_only_negligible_terms_on_long_rows(p):
+    """From p = 60 the native kernels skip vectors whose terms are all below 2^-(24 + log2 CI) of
+    the largest. On Gaussian rows of 1024 most vectors are skipped at these p; the values and
+    gradients must still be the float64 reference's to float32 accuracy."""
+    if not native.available(torch.zeros(1)):
+        pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(int(p))
+    x = torch.randn(6, 1024, generator=gen, dtype=torch.float64)
+    w = torch.randn(9, 1024, generator=gen, dtype=torch.float64)
+    grad_y = torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    y = native.forward(x.float(), w.float(), p)
+    gx, gw = native.backward(x.float(), w.float(), y, grad_y.float(), p)
+    y_ref, gx_ref, gw_ref = reference_with_grads(x, w, p, grad_y)
+    for name, got, want, tol in [("y", y, y_ref, (2e-6, 1e-6)),
+                                 ("grad_x", gx, gx_ref, (1e-5, 2e-6 + 3e-7 * p)),
+                                 ("grad_w", gw, gw_ref, (1e-5, 2e-6 + 3e-7 * p))]:
+        ok, err = close(got, want, *tol)
+        assert ok, f"{name} at p={p}: max error {err:.3g}"
+
+
 def test_an_unwritable_cache_builds_in_the_temporary_directory(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_state", None)
     monkeypatch.setattr(native, "_library", None)
