@@ -93,6 +93,16 @@ if triton is not None:
         return r
 
     @triton.jit
+    def _unnormalized_root(total, power, IP: tl.constexpr):
+        # the p ≤ 10 forwards' last step: y = max(Σ|d|^p, FLT_MIN)^(1/p), floored against underflow
+        total = tl.maximum(total, tl.full((), _FLT_MIN, total.dtype))
+        if IP == 1:
+            r = total
+        else:
+            r = tl.exp2(tl.log2(total) / power)
+        return r
+
+    @triton.jit
     def _diff_tile(x_rows, w_rows, mask_b, mask_o, k, CI, BLOCK_CI: tl.constexpr):
         # d = x − w for the CI chunk at k as a BLOCK_B × BLOCK_CO × BLOCK_CI broadcast; ragged edges give d = 0
         cols = k + tl.arange(0, BLOCK_CI)
@@ -132,11 +142,7 @@ if triton is not None:
             for k in range(0, CI, BLOCK_CI):
                 total += tl.sum(_abs_pow(tl.abs(_diff_tile(x_rows, w_rows, mask_b, mask_o, k, CI, BLOCK_CI)),
                                          power, IP), 2)
-            total = tl.maximum(total, tl.full((), _FLT_MIN, dtype))  # underflow floor
-            if IP == 1:
-                y = total
-            else:
-                y = tl.exp2(tl.log2(total) / power)
+            y = _unnormalized_root(total, power, IP)
         out = y_ptr + rows_b.to(tl.int64)[:, None] * CO + rows_o[None, :]
         tl.store(out, y, mask=mask_b[:, None] & mask_o[None, :])
 
@@ -162,11 +168,7 @@ if triton is not None:
             total += _abs_pow(tl.abs(xk[:, None] - wk[None, :]), power, IP)
             x_col += B
             w_col += CO
-        total = tl.maximum(total, tl.full((), _FLT_MIN, dtype))  # underflow floor, as the tile kernel
-        if IP == 1:
-            y = total
-        else:
-            y = tl.exp2(tl.log2(total) / power)
+        y = _unnormalized_root(total, power, IP)
         out = y_ptr + rows_b.to(tl.int64)[:, None] * CO + rows_o[None, :]
         tl.store(out, y, mask=mask_b[:, None] & mask_o[None, :])
 
