@@ -26,6 +26,15 @@ built by the library's ``certify.smoothing.inference.fast_classifier`` (what ``c
       run --compile``). Compilation happens in the warm-up, which calls it three times (CUDA graphs
       are recorded on a shape's second call); its time is reported separately ("compile_s" in the
       JSON) and never enters the timed repetitions.
+  ``sequential[bf16+channels_last]``, ``sequential+compile[bf16+channels_last]``  the sequential
+      method (``SequentialSmooth``, at most --n estimation samples, one image at a time) on the
+      channels_last model at bf16, without and with torch.compile: what ``certify run --method
+      sequential --precision bf16 --channels-last [--compile MODE]`` runs. Its samples/s counts the
+      samples it drew (n0 + its mean estimation samples); its time per example is the headline.
+      On random weights it stops at once (one class everywhere), so time it on --checkpoint.
+
+``--checkpoint`` times a trained model on real test images (every 100th of its dataset's test
+split, at its σ) instead of random weights and random images.
 
 Each repetition certifies every example once with every method, example by example (a(x0) b(x0)
 c(x0) a(x1) ...), after one warm-up call of each; a method is reported by its median time over the
@@ -73,7 +82,10 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 from certify.allocator import tune_malloc
+from certify.checkpoint import load_checkpoint
+from certify.data import load_dataset
 from certify.nets import build_model
+from certify.smoothing import SequentialSmooth
 from certify.smoothing.core import PRECISIONS, Smooth
 from certify.smoothing.inference import fast_classifier
 
@@ -84,37 +96,38 @@ ARCHS = {
                         "std": (0.2023, 0.1994, 0.2010)},
 }
 ABSTAIN = -1
-VARIANTS = ("bf16+channels_last", "bf16+channels_last+cudnn_benchmark", "compile", "compile+channels_last")
+VARIANTS = ("bf16+channels_last", "bf16+channels_last+cudnn_benchmark", "compile", "compile+channels_last",
+            "sequential", "sequential+compile")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 
 
 # ---------------------------------------------------------------- (a) the reference certify loop
 
-def _reference_counts(model, x, num, batch_size, sigma):
+def _reference_counts(model, x, num, batch_size, sigma, num_classes=NUM_CLASSES):
     """Votes of ``model`` on ``num`` noisy copies of x, counted the way the reference counts them."""
     with torch.no_grad():
-        counts = np.zeros(NUM_CLASSES, dtype=int)
+        counts = np.zeros(num_classes, dtype=int)
         for _ in range(math.ceil(num / batch_size)):
             this_batch_size = min(batch_size, num)
             num -= this_batch_size
             batch = x.repeat((this_batch_size, 1, 1, 1))
             noise = torch.randn_like(batch, device=x.device) * sigma
             predictions = model(batch + noise).argmax(1)
-            per_batch = np.zeros(NUM_CLASSES, dtype=int)
+            per_batch = np.zeros(num_classes, dtype=int)
             for idx in predictions.cpu().numpy():  # one host copy and a Python loop per batch
                 per_batch[idx] += 1
             counts += per_batch
         return counts
 
 
-def reference_certify(model, x, n0, n, alpha, batch_size, sigma):
+def reference_certify(model, x, n0, n, alpha, batch_size, sigma, num_classes=NUM_CLASSES):
     """(class, radius) or (ABSTAIN, 0.0), as the reference ``Smooth.certify``.
 
     statsmodels is imported at the top of this file, as in the reference, so its import is not timed.
     """
     model.eval()
-    c_hat = _reference_counts(model, x, n0, batch_size, sigma).argmax().item()
-    n_a = _reference_counts(model, x, n, batch_size, sigma)[c_hat].item()
+    c_hat = _reference_counts(model, x, n0, batch_size, sigma, num_classes).argmax().item()
+    n_a = _reference_counts(model, x, n, batch_size, sigma, num_classes)[c_hat].item()
     p_lower = proportion_confint(n_a, n, alpha=2 * alpha, method="beta")[0]
     if p_lower < 0.5:
         return ABSTAIN, 0.0
@@ -137,9 +150,10 @@ def bare_forward(model, noisy, n0, n, batch_size, dtype):
 
 def variant_model(model: torch.nn.Module, variant: str, mode: str) -> torch.nn.Module:
     """A copy of ``model`` run the way ``variant`` says, through the library's fast_classifier (what
-    ``certify run --channels-last --compile MODE`` runs)."""
-    return fast_classifier(copy.deepcopy(model), channels_last="channels_last" in variant,
-                           compile_mode=mode if variant.startswith("compile") else "off")
+    ``certify run --channels-last --compile MODE`` runs); the sequential variants run channels_last."""
+    return fast_classifier(copy.deepcopy(model),
+                           channels_last="channels_last" in variant or variant.startswith("sequential"),
+                           compile_mode=mode if "compile" in variant else "off")
 
 
 def compile_mode(requested: str, device: torch.device) -> str:
@@ -184,7 +198,12 @@ def _parse_args(argv):
     p.add_argument("--n0", type=int, default=100, help="selection samples per example")
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--alpha", type=float, default=0.001)
-    p.add_argument("--sigma", type=float, default=0.25)
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="time a trained checkpoint on its dataset's test images (every 100th) at its "
+                        "sigma, instead of --arch with random weights and images")
+    p.add_argument("--data-dir", default=None, help="the checkpoint's dataset folder")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="noise level (default: the checkpoint's, else 0.25)")
     p.add_argument("--examples", type=int, default=3, help="inputs certified per repetition")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -231,21 +250,31 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    spec = ARCHS[args.arch]
-    model = build_model(args.arch, num_classes=NUM_CLASSES, **spec).to(device).eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.checkpoint is not None:  # a trained model on its own test images (every 100th)
+        ckpt = load_checkpoint(args.checkpoint)
+        model = ckpt.build_model(device).eval()
+        shape, num_classes, what = tuple(ckpt.input_shape), ckpt.num_classes, f"{args.checkpoint.name} ({ckpt.arch})"
+        sigma = args.sigma if args.sigma is not None else float(ckpt.certification["sigma"])
+        test = load_dataset(ckpt.dataset, "test", data_dir=args.data_dir)
+        xs = [test[100 * i][0].to(device) for i in range(args.examples)]
+    else:  # random weights and random images: speed only
+        spec = ARCHS[args.arch]
+        num_classes, what = NUM_CLASSES, args.arch
+        model = build_model(args.arch, num_classes=num_classes, **spec).to(device).eval()
+        shape = spec["input_shape"]
+        sigma = args.sigma if args.sigma is not None else 0.25
+        xs = [torch.rand(shape, generator=gen).to(device) for _ in range(args.examples)]
     for param in model.parameters():
         param.requires_grad_(False)
-    shape = spec["input_shape"]
-    gen = torch.Generator().manual_seed(args.seed)
-    xs = [torch.rand(shape, generator=gen).to(device) for _ in range(args.examples)]
     # (c)'s ready-made noisy batches, one per example, built outside the timed region
-    noisy = [(x + args.sigma * torch.randn((args.batch, *shape), generator=gen).to(device))
+    noisy = [(x + sigma * torch.randn((args.batch, *shape), generator=gen).to(device))
              for x in xs]
     samples_per_example = args.n0 + args.n
 
     print(f"torch {torch.__version__} | {_device_name(device)} | threads {torch.get_num_threads()} | "
-          f"arch {args.arch} {'x'.join(map(str, shape))} | n0 {args.n0} n {args.n} batch {args.batch} | "
-          f"sigma {args.sigma} alpha {args.alpha} | examples {args.examples} repeats {args.repeats} | "
+          f"model {what} {'x'.join(map(str, shape))} | n0 {args.n0} n {args.n} batch {args.batch} | "
+          f"sigma {sigma} alpha {args.alpha} | examples {args.examples} repeats {args.repeats} | "
           f"malloc tuning {'on' if malloc_tuned else 'off'}",
           flush=True)
     if _environment():
@@ -258,12 +287,15 @@ def main(argv=None):
     # Every method: a callable (x index, n0, n, seed) -> result or None.
     methods = {"reference": lambda i, n0, n, seed: (
         torch.manual_seed(seed),
-        reference_certify(model, xs[i], n0, n, args.alpha, args.batch, args.sigma))[1]}
+        reference_certify(model, xs[i], n0, n, args.alpha, args.batch, sigma, num_classes))[1]}
     # The variants: (method name, module handed to Smooth, its precision); forward[precision] is
     # what each is compared with (b/c), so that forward method is added if --precision lacks it.
     variants: list[tuple[str, torch.nn.Module, str]] = []
     mode = compile_mode(args.compile_mode, device)
+    sequential_samples: dict[str, list[int]] = {}
     for variant in args.variant_list:
+        if variant.startswith("sequential"):
+            continue  # below: they run SequentialSmooth, not Smooth
         if variant.startswith("compile"):
             variants.append((f"smooth[{variant}:{args.compile_precision}]",
                              variant_model(model, variant, mode), args.compile_precision))
@@ -272,7 +304,7 @@ def main(argv=None):
     plain = [(f"smooth[{prec}]", model, prec) for prec in args.precisions]
     for name, module, prec in plain + variants:
         # a compiled model gets full batches only, as certify run --compile gives it
-        smooth = Smooth(module, NUM_CLASSES, args.sigma, precision=prec,
+        smooth = Smooth(module, num_classes, sigma, precision=prec,
                         static_batch=name.startswith("smooth[compile"))
         benchmark_cudnn = "cudnn_benchmark" in name
 
@@ -285,6 +317,19 @@ def main(argv=None):
             finally:
                 torch.backends.cudnn.benchmark = before
         methods[name] = run_smooth
+    for variant in (v for v in args.variant_list if v.startswith("sequential")):
+        name = f"{variant}[bf16+channels_last]"
+        seq = SequentialSmooth(variant_model(model, variant, mode), num_classes, sigma, precision="bf16",
+                               static_batch="compile" in variant)
+        sequential_samples[name] = []
+
+        def run_sequential(i, n0, n, seed, seq=seq, name=name):
+            g = torch.Generator(device=device).manual_seed(seed)
+            result = seq.certify(xs[i], n0, n, args.alpha, args.batch, generator=g)
+            sequential_samples[name].append(seq.last_num_samples)
+            return result
+        methods[name] = run_sequential
+        variants.append((name, model, "bf16"))
     variant_precision = {name: prec for name, _, prec in variants}
     forward_precisions = ["fp32"] + [p for p in args.precisions if p != "fp32"]
     forward_precisions += [p for p in dict.fromkeys(variant_precision.values()) if p not in forward_precisions]
@@ -301,7 +346,7 @@ def main(argv=None):
     width = max(16, *(len(name) for name in methods))  # 16 unless a variant's name is longer
     warmup_s, compile_s = {}, {}
     for name, fn in methods.items():
-        calls = 3 if name.startswith("smooth[compile") else 1
+        calls = 3 if "compile" in name else 1
         t0 = time.perf_counter()
         for call in range(calls):
             fn(0, args.n0, warm_n, args.seed)
@@ -309,6 +354,8 @@ def main(argv=None):
             if call == 0 and calls > 1:
                 compile_s[name] = time.perf_counter() - t0
         warmup_s[name] = time.perf_counter() - t0
+        if name in sequential_samples:
+            sequential_samples[name].clear()  # the timed calls' samples only
         extra = f"  (compile: first call {compile_s[name]:.2f} s)" if name in compile_s else ""
         print(f"warm-up {name:<{width}} {warmup_s[name]:7.2f} s{extra}", flush=True)
 
@@ -337,8 +384,11 @@ def main(argv=None):
     print(f"\n{'method':<{width}} {'median s':>9} {'s/example':>10} {'samples/s':>11}")
     for name, ts in times.items():
         med = statistics.median(sum(per_rep) for per_rep in ts)
+        # a sequential method draws n0 + its own estimation samples (mean over the timed calls)
+        drawn = (args.n0 + statistics.mean(sequential_samples[name]) if name in sequential_samples
+                 else samples_per_example)
         summary[name] = {"times_s": ts, "median_s": med, "s_per_example": med / args.examples,
-                         "samples_per_s": samples_per_example * args.examples / med}
+                         "samples_per_s": drawn * args.examples / med, "samples_per_example": drawn}
         print(f"{name:<{width}} {med:9.3f} {med / args.examples:10.4f} {summary[name]['samples_per_s']:11.0f}")
 
     def ratio(fast, slow):
@@ -360,7 +410,8 @@ def main(argv=None):
               f"b/c = {ratios[f'b/c[{prec}]']['of_medians']:.3f} "
               f"(paired {ratios[f'b/c[{prec}]']['paired_median']:.3f})")
     for name, prec in variant_precision.items():
-        label = name[len("smooth["):-1]  # e.g. bf16+channels_last, compile:bf16
+        # e.g. bf16+channels_last, compile:bf16, sequential[bf16+channels_last]
+        label = name[len("smooth["):-1] if name.startswith("smooth[") else name
         ratios[f"b/a[{label}]"] = ratio(name, "reference")
         ratios[f"b/c[{label}]"] = ratio(name, f"forward[{prec}]")
         print(f"{label}: b/a = {ratios[f'b/a[{label}]']['of_medians']:.3f} "

@@ -13,6 +13,10 @@
 #     python    $PYTHON, default python3 (the machine's python3 has torch, triton, scipy, ...).
 #   With the device tool: command `bash benchmarks/gpu_check.sh`, carry ["data/fashion-mnist"],
 #   timeout_s 540 (the script stops itself by ~490 s at worst).
+#   GPU_CHECK_STEPS=a,b,...  runs only the named steps (the others are recorded as skipped), e.g.
+#   the steps still open after the 2026-11-27 H200 run (it met the tests, bf16, NCCL checks):
+#     GPU_CHECK_STEPS=env,tests_gpu,lp_dist_small,lp_dist_large,certify_throughput,certify_compile,r110_train,certify_trained,linf_train,linf_certify
+#     GPU_CHECK_BUDGET=480 bash benchmarks/gpu_check.sh   (timeout_s 560)
 #   QUICK=1 bash benchmarks/gpu_check.sh   (or: bash benchmarks/gpu_check.sh --quick)
 #     a CPU dry run of every step with tiny sizes (under 2 minutes on 2 cores): lp_dist at 64×128
 #     and 64×256, certification with LeNet at N = 2000, 3 ℓ∞ epochs on 2000 images, torchrun with
@@ -38,6 +42,10 @@
 #                                            batches only: one shape, one compilation of ~45 s each),
 #                                            plain and channels_last, 1 image, 1 repeat; a step of its
 #                                            own so that a slow compile cannot cost the numbers above
+#   r110_train              90       60      cifar_resnet110, Gaussian σ = 0.25 on Fashion-MNIST, 3
+#                                            epochs, bf16 + channels_last
+#   certify_trained        150      100      on it, N=100,000, 4 test images: reference loop, Smooth
+#                                            bf16 (+channels_last), sequential, sequential+compile
 #   precision_fp32/bf16   25+25     10+10    trained LeNet, 100 images, N=10,000
 #   nccl_probe              25        8      torchrun: NCCL all_reduce + certify's DDP wrapper
 #   nccl_train              45       20      torchrun --nproc-per-node 1: one SmoothMix epoch
@@ -95,6 +103,8 @@ else
     BUDGET=${GPU_CHECK_BUDGET:-450}
 fi
 MIN_STEP=15
+# GPU_CHECK_STEPS: a comma list of the steps to run (default: all); the others are recorded as skipped
+ONLY=${GPU_CHECK_STEPS:-}
 DEADLINE=$((SECONDS + BUDGET))
 
 log() { echo "[gpu_check +${SECONDS}s] $*"; }
@@ -107,6 +117,11 @@ run_step() {
     local name=$1 limit=$2 keep=$3
     shift 4
     local logfile="$WORK/logs/$name.log"
+    if [[ -n "$ONLY" && ",$ONLY," != *",$name,"* ]]; then
+        echo "skipped: not selected (GPU_CHECK_STEPS=$ONLY)" > "$logfile"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "" 0 "$limit" "skipped" "$*" >> "$STEPS"
+        return 0
+    fi
     local left=$((DEADLINE - SECONDS))
     local cap=$((left - keep))
     if ((cap > limit)); then
@@ -154,6 +169,8 @@ if [[ "$MODE" == gpu ]]; then
     LINF_ARGS=(--epochs 10 --p-start-epoch 3 --p-end-epoch 7 --device cuda)
     LINF_RUN_ARGS=(--count 1000 --device cuda)
     SEQ_ARGS=(--count 100 --n 100000 --device cuda)
+    R110_ARGS=(--arch cifar_resnet110 --epochs 3 --amp bf16 --channels-last --eval-count 1000 --device cuda)
+    TRAINED_ARGS=(--n 100000 --examples 4 --device cuda --compile-mode reduce-overhead)
 else
     LP_ARGS=(--device cpu --batch 64 --impls ours cdist triton triton-outer --repeats 2)
     LP_SMALL=128
@@ -167,6 +184,8 @@ else
                --device cpu)
     LINF_RUN_ARGS=(--count 200 --device cpu)
     SEQ_ARGS=(--count 5 --n 2000 --device cpu)
+    R110_ARGS=(--arch lenet --epochs 1 --train-count 2000 --eval-count 200 --device cpu)
+    TRAINED_ARGS=(--n 2000 --examples 2 --device cpu --compile-mode default)
 fi
 PYTEST=("$PYTHON" -m pytest -v -rfEs -p no:cacheprovider)
 
@@ -195,6 +214,17 @@ run_step certify_compile 150 0 -- "$PYTHON" benchmarks/certify_throughput.py "${
     --examples 1 --repeats 1 --precision bf16 --variants compile,compile+channels_last \
     --compile-mode "$CT_COMPILE_MODE" \
     --json "$WORK/certify_compile.json"
+# a trained ResNet-110 (Gaussian noise σ = 0.25 on Fashion-MNIST, a few epochs: certification
+# speed needs a model whose votes are not all one class, for the sequential method above all), then
+# the reference loop against Smooth and the sequential method on it, at N = 100,000
+run_step r110_train 90 0 -- "$PYTHON" -m certify train --recipe fmnist-gaussian-s0.25-short \
+    "${R110_ARGS[@]}" --data-dir "$DATA_DIR" --out "$WORK/r110.pt" --force -q
+if [[ -f "$WORK/r110.pt" ]]; then
+    run_step certify_trained 150 0 -- "$PYTHON" benchmarks/certify_throughput.py \
+        --checkpoint "$WORK/r110.pt" --data-dir "$DATA_DIR" "${TRAINED_ARGS[@]}" --repeats 1 \
+        --precision bf16 --variants bf16+channels_last,sequential,sequential+compile \
+        --json "$WORK/certify_trained.json"
+fi
 for precision in fp32 bf16; do
     run_step "precision_$precision" 25 0 -- "$PYTHON" -m certify run "$LENET" \
         --data-dir "$DATA_DIR" "${PREC_ARGS[@]}" --precision "$precision" \

@@ -187,7 +187,8 @@ def certify_metrics(payload: dict[str, Any]) -> dict[str, Any]:
     methods = {name: {"s_per_example": m["s_per_example"], "samples_per_s": m["samples_per_s"],
                       "median_s": m["median_s"]}
                for name, m in payload.get("methods", {}).items()}
-    out = {"source": "json", "device": payload.get("device"), "arch": config.get("arch"),
+    model = Path(config["checkpoint"]).name if config.get("checkpoint") else config.get("arch")
+    out = {"source": "json", "device": payload.get("device"), "arch": model,
            "n": config.get("n"), "examples": config.get("examples"), "repeats": config.get("repeats"),
            "methods": methods, "speedup": _speedups(methods),
            "paired_speedup": {k[len("b/a["):-1]: v.get("paired_median")
@@ -211,7 +212,7 @@ def _speedups(methods: dict[str, dict[str, float]]) -> dict[str, float]:
 def certify_from_log(text: str) -> dict[str, Any]:
     """The same numbers from certify_throughput's printed repetitions, for a run that a timeout
     stopped before it wrote its JSON (only the repetitions that finished count)."""
-    header = re.search(r"arch (\S+) .*?\| n0 (\d+) n (\d+) .*?examples (\d+) repeats (\d+)", text)
+    header = re.search(r"(?:arch|model) (\S+) .*?\| n0 (\d+) n (\d+) .*?examples (\d+) repeats (\d+)", text)
     if header is None:
         return {}
     arch, n0, n, examples = header.group(1), int(header.group(2)), int(header.group(3)), int(header.group(4))
@@ -427,6 +428,32 @@ def _lp_targets(label: str, lp: dict[str, Any] | None, why: str = "not run") -> 
     return [ratio_target, peak_target]
 
 
+def _certification_targets(cert: dict[str, Any] | None, kind: str, why: str) -> list[Target]:
+    """The s-per-image and speed-up targets of one certify_throughput run (its best method: Smooth's
+    or the sequential method's, whichever was timed)."""
+    if not cert or not cert.get("methods"):
+        return [Target(f"certification ({kind}s per image)", why, "≤ 0.2 s", "no data"),
+                Target(f"certification ({kind}speed-up over the reference loop)", why, "≥ 5×", "no data")]
+    n_text = f"N = {cert['n']:,}" if cert.get("n") else "N = ?"
+    ours = {k: v for k, v in cert["methods"].items() if k.startswith(("smooth", "sequential"))}
+    targets = []
+    if ours:
+        best = min(ours, key=lambda k: ours[k]["s_per_example"])
+        s = ours[best]["s_per_example"]
+        targets.append(Target(f"certification, s per image ({kind}{cert['arch']}, {n_text}, best method)",
+                              f"{s:.3f} s ({best})", "≤ 0.2 s", _verdict(s <= TARGET_S_PER_IMAGE), s))
+    speedups = {k: v for k, v in cert.get("speedup", {}).items() if k.startswith(("smooth", "sequential"))}
+    if speedups:
+        fastest = max(speedups, key=lambda k: speedups[k])
+        targets.append(Target(f"certification speed-up over the reference loop ({kind}{n_text}, best)",
+                              f"{speedups[fastest]:.2f}× ({fastest})", "≥ 5×",
+                              _verdict(speedups[fastest] >= TARGET_SPEEDUP), speedups[fastest]))
+    else:
+        targets.append(Target(f"certification speed-up over the reference loop ({kind.rstrip(', ')})",
+                              "no reference timing", "≥ 5×", "no data"))
+    return targets
+
+
 def evaluate(results: dict[str, Any]) -> list[Target]:
     """Every target of the issue with its measured value and verdict, from the collected metrics."""
     steps = {s.name: s for s in results.get("steps_parsed", [])}
@@ -439,27 +466,11 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
     for label in ("small", "large"):
         targets += _lp_targets(label, results.get("lp_dist", {}).get(label), _why(steps, f"lp_dist_{label}"))
 
-    cert = results.get("certification")
-    n_text = f"N = {cert['n']:,}" if cert and cert.get("n") else "N = ?"
-    smooth = {k: v for k, v in (cert or {}).get("methods", {}).items() if k.startswith("smooth")}
-    if smooth:
-        best = min(smooth, key=lambda k: smooth[k]["s_per_example"])
-        s = smooth[best]["s_per_example"]
-        targets.append(Target(f"certification, s per image ({cert['arch']}, {n_text}, best method)",
-                              f"{s:.3f} s ({best})", "≤ 0.2 s", _verdict(s <= TARGET_S_PER_IMAGE), s))
-        speedups = {k: v for k, v in cert.get("speedup", {}).items() if k.startswith("smooth")}
-        if speedups:
-            fastest = max(speedups, key=lambda k: speedups[k])
-            targets.append(Target(f"certification speed-up over the reference loop ({n_text}, best)",
-                                  f"{speedups[fastest]:.2f}× ({fastest})", "≥ 5×",
-                                  _verdict(speedups[fastest] >= TARGET_SPEEDUP), speedups[fastest]))
-        else:
-            targets.append(Target("certification speed-up over the reference loop", "no reference timing",
-                                  "≥ 5×", "no data"))
-    else:
-        why = _why(steps, "certify_throughput", "certify_compile")
-        targets += [Target("certification, s per image", why, "≤ 0.2 s", "no data"),
-                    Target("certification speed-up over the reference loop", why, "≥ 5×", "no data")]
+    targets += _certification_targets(results.get("certification"), "",
+                                      _why(steps, "certify_throughput", "certify_compile"))
+    if "certify_trained" in steps:
+        targets += _certification_targets(results.get("certification_trained"), "trained, ",
+                                          _why(steps, "r110_train", "certify_trained"))
 
     prec = results.get("precision")
     if prec and prec.get("rows"):
@@ -536,6 +547,30 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _certification_lines(cert: dict[str, Any] | None, title: str) -> list[str]:
+    """The Markdown section of one certify_throughput run (and its compile run, if merged)."""
+    lines: list[str] = []
+    if cert and cert.get("methods"):
+        lines += ["", f"## {title}: {cert.get('arch')}, N = {cert.get('n')}, {cert.get('examples')} "
+                      f"images, {cert.get('repeats')} repeats ({cert.get('device')}; from the {cert['source']})",
+                  "", "| method | s per image | samples/s | vs reference |", "|---|---:|---:|---:|"]
+        for name, m in cert["methods"].items():
+            lines.append(f"| {name} | {_fmt(m['s_per_example'], '.4f')} | {_fmt(m['samples_per_s'], '.0f')} | "
+                         f"{_fmt(cert['speedup'].get(name), '.2f')} |")
+        run = cert.get("compile_run")
+        if run and run is not cert:
+            lines.append("")
+            lines.append(f"compile run (separate process, {run.get('repeats')} repeat(s), from the {run['source']}): "
+                         + ", ".join(f"{k} {v['s_per_example']:.4f} s/image" for k, v in run["methods"].items())
+                         + "; its speed-ups are against its own reference loop.")
+        if cert.get("compile_s"):
+            lines.append("")
+            lines.append(f"torch.compile mode {cert.get('compile_mode')}: compile (first warm-up call) "
+                         + ", ".join(f"{k} {v:.1f} s" for k, v in cert["compile_s"].items())
+                         + "; not in the timed part.")
+    return lines
+
+
 def render_markdown(results: dict[str, Any], targets: list[Target]) -> str:
     """summary.md: header with card / versions / date, the targets, details, the step table."""
     env = results.get("env", {})
@@ -572,25 +607,8 @@ def render_markdown(results: dict[str, Any], targets: list[Target]) -> str:
                          f"{_fmt(r['fwdbwd_gops'], '.1f')} | {_fmt(r['fwdbwd_vs_cdist'], '.2f')} | "
                          f"{_fmt(r['fwdbwd_peak'], '.1%')} |")
 
-    cert = results.get("certification")
-    if cert and cert.get("methods"):
-        lines += ["", f"## Certification: {cert.get('arch')}, N = {cert.get('n')}, {cert.get('examples')} "
-                      f"images, {cert.get('repeats')} repeats ({cert.get('device')}; from the {cert['source']})",
-                  "", "| method | s per image | samples/s | vs reference |", "|---|---:|---:|---:|"]
-        for name, m in cert["methods"].items():
-            lines.append(f"| {name} | {_fmt(m['s_per_example'], '.4f')} | {_fmt(m['samples_per_s'], '.0f')} | "
-                         f"{_fmt(cert['speedup'].get(name), '.2f')} |")
-        run = cert.get("compile_run")
-        if run and run is not cert:
-            lines.append("")
-            lines.append(f"compile run (separate process, {run.get('repeats')} repeat(s), from the {run['source']}): "
-                         + ", ".join(f"{k} {v['s_per_example']:.4f} s/image" for k, v in run["methods"].items())
-                         + "; its speed-ups are against its own reference loop.")
-        if cert.get("compile_s"):
-            lines.append("")
-            lines.append(f"torch.compile mode {cert.get('compile_mode')}: compile (first warm-up call) "
-                         + ", ".join(f"{k} {v:.1f} s" for k, v in cert["compile_s"].items())
-                         + "; not in the timed part.")
+    lines += _certification_lines(results.get("certification"), "Certification")
+    lines += _certification_lines(results.get("certification_trained"), "Certification of a trained model")
 
     prec = results.get("precision")
     if prec and prec.get("rows"):
@@ -682,6 +700,15 @@ def collect(work: Path, mode: str) -> dict[str, Any]:
         elif ran(name):  # stopped before writing its JSON: the repetitions it printed
             runs[name] = attempt(name, lambda name=name: certify_from_log(_read_log(work, name))) or None
     results["certification"] = merge_certification(runs.get("certify_throughput"), runs.get("certify_compile"))
+    trained = work / "certify_trained.json"
+    if trained.exists():
+        payload = attempt("certify_trained", lambda: json.loads(trained.read_text()))
+        if payload:
+            raw["certify_trained"] = payload
+            results["certification_trained"] = attempt("certify_trained", lambda: certify_metrics(payload))
+    elif ran("certify_trained"):
+        results["certification_trained"] = attempt(
+            "certify_trained", lambda: certify_from_log(_read_log(work, "certify_trained"))) or None
 
     def precision() -> dict[str, Any] | None:
         fp32, bf16 = work / "precision_fp32.tsv", work / "precision_bf16.tsv"

@@ -202,3 +202,26 @@ def test_compile_run_is_merged_with_its_own_speedup() -> None:
     assert "reduce-overhead" in gs.render_markdown({"env": {}, "certification": merged}, targets)
     assert gs.merge_certification(None, compiled)["methods"] == compile_methods
     assert gs.merge_certification(main, None) is main
+
+
+def test_trained_model_targets_count_the_sequential_method() -> None:
+    """The trained-model run's best method may be the sequential one; its speed-up is against the
+    reference loop timed on the same model, and a run without that step adds no such target."""
+    methods = {"reference": {"s_per_example": 2.0, "samples_per_s": 5e4, "median_s": 8.0},
+               "smooth[bf16+channels_last]": {"s_per_example": 1.2, "samples_per_s": 8e4, "median_s": 4.8},
+               "sequential+compile[bf16+channels_last]": {"s_per_example": 0.1, "samples_per_s": 9e4,
+                                                          "median_s": 0.4},
+               "forward[bf16]": {"s_per_example": 0.05, "samples_per_s": 2e6, "median_s": 0.2}}
+    trained = {"source": "json", "arch": "r110.pt", "n": 100_000, "methods": methods,
+               "speedup": gs._speedups(methods)}
+    step = gs.Step("certify_trained", 0, 90.0, 150, "ok")
+    targets = gs.evaluate({"mode": "gpu", "env": {"device_name": CARD}, "steps_parsed": [step],
+                           "certification_trained": trained})
+    per_image = _find(targets, "certification, s per image (trained")[0]
+    assert per_image.verdict == "met" and "sequential+compile" in per_image.measured  # not forward[bf16]
+    speedup = _find(targets, "certification speed-up over the reference loop (trained")[0]
+    assert speedup.value == pytest.approx(20.0) and speedup.verdict == "met"
+    assert "Certification of a trained model: r110.pt" in gs.render_markdown(
+        {"env": {}, "certification_trained": trained}, targets)
+    without = gs.evaluate({"mode": "gpu", "env": {"device_name": CARD}, "steps_parsed": []})
+    assert not [t for t in without if "trained" in t.name]
