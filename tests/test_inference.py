@@ -32,31 +32,22 @@ class ShapeRecorder(nn.Module):
         return x.flatten(1) @ self.weight.T
 
 
-def manual_votes(f: nn.Module, x: torch.Tensor, num: int, batch: int, sigma: float,
-                 generator: torch.Generator, classes: int) -> torch.Tensor:
-    """The votes Smooth(static_batch=True) must count: full noise batches, the first rows kept."""
-    counts = torch.zeros(classes, dtype=torch.long)
-    for start in range(0, num, batch):
-        take = min(batch, num - start)
-        noisy = torch.empty((batch, *x.shape)).normal_(0.0, sigma, generator=generator) + x
-        counts += torch.bincount(f(noisy).argmax(1)[:take], minlength=classes)
-    return counts
-
-
-def test_static_batch_counts_only_the_samples_asked_for():
+def test_static_batch_counts_the_same_votes_from_the_same_noise():
+    """Full batches change the shapes the classifier sees, not the noise drawn or the votes kept."""
     shape, sigma, batch = (1, 4, 4), 0.7, 64
-    f = ShapeRecorder(shape)
     x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
-    smooth = Smooth(f, 3, sigma, static_batch=True)
-    counts = smooth._count_votes(x, 150, batch, torch.Generator().manual_seed(5))
-    assert f.batches == [batch] * 3  # 150 samples: two full batches and a padded one
-    expected = manual_votes(ShapeRecorder(shape), x, 150, batch, sigma, torch.Generator().manual_seed(5), 3)
-    assert counts.tolist() == expected.tolist()
-    assert int(counts.sum()) == 150
-    # without it the last batch is short, as before
-    f.batches.clear()
-    Smooth(f, 3, sigma)._count_votes(x, 150, batch, torch.Generator().manual_seed(5))
-    assert f.batches == [64, 64, 22]
+    counts, batches = [], []
+    for static in (True, False):
+        f = ShapeRecorder(shape)
+        smooth = Smooth(f, 3, sigma, static_batch=static)
+        g = torch.Generator().manual_seed(5)  # one stream for both calls, as certify's n0 then n
+        counts.append(smooth._count_votes(x, 150, batch, g).tolist())
+        counts.append(smooth._count_votes(x, 20, batch, g).tolist())
+        batches.append(f.batches)
+    assert counts[0] == counts[2] and counts[1] == counts[3]
+    assert sum(counts[0]) == 150 and sum(counts[1]) == 20
+    assert batches[0] == [batch] * 4  # 150 samples: two full batches and a padded one; then 20
+    assert batches[1] == [64, 64, 22, 20]
 
 
 def test_static_batch_certify_sees_one_shape_only():
@@ -121,6 +112,19 @@ def test_cli_channels_last_writes_the_plain_rows_and_records_it(method, tmp_path
     settings = read_sidecar(fast)
     assert settings["channels_last"] is True and settings["compile"] == "off"
     assert read_sidecar(plain)["channels_last"] is False
+
+
+def test_cli_compile_writes_the_plain_rows(tmp_path, fake_fmnist):
+    """cohen under --compile draws the same noise as without it (full batches are padded, not
+    filled with extra draws), so a compiled small CNN on the CPU writes the same rows."""
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint(width=4, hidden=16), ckpt)
+    common = ["--data-dir", fake_fmnist, "--n0", "20", "--n", "200", "--batch", "64", "--quiet", "--seed", "3"]
+    plain, fast = tmp_path / "plain.tsv", tmp_path / "fast.tsv"
+    assert cli("run", ckpt, "--out", plain, *common) == 0
+    assert cli("run", ckpt, "--out", fast, *common, "--compile", "default") == 0
+    assert rows_without_time(fast) == rows_without_time(plain)
+    assert read_sidecar(fast)["compile"] == "default"
 
 
 def test_cli_rejects_an_unknown_compile_mode(tmp_path, fake_fmnist, capsys):

@@ -29,8 +29,9 @@ class Smooth:
                  precision: str = "fp32", static_batch: bool = False):
         """``precision`` sets the dtype of the base classifier's forward (autocast); the noise is
         always drawn and added in fp32, so a lower precision is just another deterministic f.
-        ``static_batch``: every forward gets a full ``batch_size`` rows, the votes of rows beyond
-        the samples asked for being dropped, so that a compiled classifier meets one shape only."""
+        ``static_batch``: every forward gets a full ``batch_size`` rows, so that a compiled
+        classifier meets one shape only; rows beyond the samples asked for are left over from
+        earlier batches (or zeros), their votes dropped, and the noise drawn is the same as without."""
         check_smoothing(num_classes, sigma, precision)
         self.base_classifier = base_classifier
         self.num_classes = num_classes
@@ -94,10 +95,10 @@ class Smooth:
         with torch.inference_mode(), autocast:
             for start in range(0, num, batch_size):
                 take = min(batch_size, num - start)
-                noisy = buffer[: rows if self.static_batch else take]
+                noisy = buffer[:take]  # noise for the samples asked for only: the same draws either way
                 noisy.normal_(0.0, self.sigma, generator=generator)
                 noisy.add_(x)  # x + ε in fp32, not clamped to [0, 1] (as the reference)
-                votes = self.base_classifier(noisy).argmax(1)[:take]
+                votes = self.base_classifier(buffer[:rows] if self.static_batch else noisy).argmax(1)[:take]
                 counts += torch.bincount(votes, minlength=self.num_classes)
         return counts
 
@@ -106,8 +107,8 @@ class Smooth:
         buf = self._buffer
         if (buf is None or buf.shape[1:] != x.shape or buf.shape[0] < rows
                 or buf.device != x.device):
-            with torch.inference_mode():
-                buf = torch.empty((rows, *x.shape), dtype=torch.float32, device=x.device)
+            with torch.inference_mode():  # zeros: with static_batch, unfilled rows go through f
+                buf = torch.zeros((rows, *x.shape), dtype=torch.float32, device=x.device)
             self._buffer = buf
         return buf
 
