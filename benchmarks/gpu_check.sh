@@ -15,7 +15,7 @@
 #   timeout_s 540 (the script stops itself by ~490 s at worst).
 #   GPU_CHECK_STEPS=a,b,...  runs only the named steps (the others are recorded as skipped), e.g.
 #   the steps still open after the 2026-11-27 H200 run (it met the tests, bf16, NCCL checks):
-#     GPU_CHECK_STEPS=env,tests_gpu,lp_dist_small,lp_dist_large,certify_throughput,certify_compile,r110_train,certify_trained,linf_train,linf_certify
+#     GPU_CHECK_STEPS=env,tests_gpu,lp_dist_small,lp_dist_large,lp_dist_tiles,certify_throughput,certify_compile,r110_train,certify_trained,linf_train,linf_certify
 #     GPU_CHECK_BUDGET=480 bash benchmarks/gpu_check.sh   (timeout_s 560)
 #   QUICK=1 bash benchmarks/gpu_check.sh   (or: bash benchmarks/gpu_check.sh --quick)
 #     a CPU dry run of every step with tiny sizes (under 2 minutes on 2 cores): lp_dist at 64×128
@@ -34,6 +34,7 @@
 #   tests_triton            60       30      tests/test_lp_dist_triton.py (compiled kernels on CUDA)
 #   lp_dist_small           40       20      B=512, CI=CO=1024: ours/cdist/triton/triton-outer
 #   lp_dist_large           60       35      B=512, CI=CO=5120
+#   lp_dist_tiles           30       15      p=8, CI=CO=1024: the outer-product forward's tile sizes
 #   certify_throughput     100       70      cifar_resnet110 (random weights), N=100,000, 2 images,
 #                                            2 repeats: reference loop, Smooth fp32, bf16,
 #                                            bf16+channels_last with and without cudnn.benchmark
@@ -205,6 +206,10 @@ run_step lp_dist_small 40 0 -- "$PYTHON" benchmarks/lp_dist.py "${LP_ARGS[@]}" \
     --in-features "$LP_SMALL" --out-features "$LP_SMALL" --json "$WORK/lp_dist_small.json"
 run_step lp_dist_large 60 0 -- "$PYTHON" benchmarks/lp_dist.py "${LP_ARGS[@]}" \
     --in-features "$LP_LARGE" --out-features "$LP_LARGE" --json "$WORK/lp_dist_large.json"
+# the outer-product forward's tiles at p = 8 (its table is in logs.txt): which, if any, reaches 30 %
+run_step lp_dist_tiles 30 0 -- "$PYTHON" benchmarks/lp_dist.py "${LP_ARGS[@]:0:4}" --p 8 \
+    --impls triton triton-outer --outer-tiles 32x32x4 32x64x4 64x64x8 128x64x8 \
+    --in-features "$LP_SMALL" --out-features "$LP_SMALL" --json "$WORK/lp_dist_tiles.json"
 
 # ---- 3. certification throughput (random weights) and the bf16-vs-fp32 check on a trained model
 run_step certify_throughput 100 0 -- "$PYTHON" benchmarks/certify_throughput.py "${CT_ARGS[@]}" \

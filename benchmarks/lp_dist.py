@@ -67,6 +67,14 @@ def flops_per_element(p: float, mode: str) -> int:
     return forward if mode == "forward" else forward + backward
 
 
+def _tiles(text: str) -> tuple[int, int, int]:
+    """'64x64x4' -> (64, 64, 4)."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected BxCxW such as 64x64x4, got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default=["ours", "inductor", "eager", "cdist", "reference", "triton",
                                  "triton-outer"],
                         help="implementations to run (default: all that apply)")
+    parser.add_argument("--outer-tiles", type=_tiles, nargs="*", default=[],
+                        help="with triton-outer on CUDA, also rows with these (BLOCK_B)x(BLOCK_CO)x(warps) "
+                             "tiles of the outer-product forward, e.g. 32x32x4 64x64x8")
     parser.add_argument("--no-reference", action="store_true", help="skip the naive reference")
     parser.add_argument("--reference-max-gib", type=float, default=4.0,
                         help="skip the reference when its B×CO×CI tensors would exceed this "
@@ -167,17 +178,21 @@ def implementations(args: argparse.Namespace, device: torch.device,
             if triton_kernels.available(x):
                 impls["triton"] = lambda a, b, p: lp_dist(a, b, p, backend="triton")
 
-                def triton_outer(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
-                    with triton_kernels.forward_layout("outer"):
+                def triton_outer(a: torch.Tensor, b: torch.Tensor, p: float,
+                                 tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+                    with triton_kernels.forward_layout("outer", tiles):
                         return lp_dist(a, b, p, backend="triton")
                 impls["triton-outer"] = triton_outer
+                for tiles in args.outer_tiles:  # extra rows, named by their tiles, with triton-outer
+                    impls["triton-outer[{}x{}x{}]".format(*tiles)] = (
+                        lambda a, b, p, tiles=tiles: triton_outer(a, b, p, tiles))
             else:
                 print("triton: not available on this device, skipped")
         except Exception as error:  # an absent or broken optional backend only skips its rows
             print(f"triton: import failed ({type(error).__name__}: {error}), skipped")
     if device.type != "cpu":
         impls.pop("inductor")
-    return {name: fn for name, fn in impls.items() if name in args.impls}
+    return {name: fn for name, fn in impls.items() if name.split("[")[0] in args.impls}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for p in args.p:
         for name, op in impls.items():
-            rows = args.batch if name in ("ours", "inductor", "triton", "triton-outer") else baseline_rows
+            rows = args.batch if name.startswith(("ours", "inductor", "triton")) else baseline_rows
             x = x_full[:rows].contiguous()
             element_ops = rows * co * ci
             if name == "reference":
@@ -243,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("forward", "fwd+bwd"):
             record[mode]["vs_cdist"] = (record[mode]["gops"] / cdist[mode]["gops"]) if cdist else None
 
-    header = (f"{'p':>6} {'impl':<12} {'fwd G/s':>9} {'vs cdist':>9} {'fwd+bwd G/s':>12} "
+    width = max(12, *(len(r["impl"]) for r in records)) if records else 12
+    header = (f"{'p':>6} {'impl':<{width}} {'fwd G/s':>9} {'vs cdist':>9} {'fwd+bwd G/s':>12} "
               f"{'vs cdist':>9} {'first fwd s':>12} {'first f+b s':>12}")
     if device.type == "cuda":
         header += f" {'fwd peak':>9} {'f+b peak':>9}"
@@ -254,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         def ratio(value):
             return f"{value:9.1f}" if value is not None else f"{'-':>9}"
 
-        line = (f"{record['p']:>6g} {record['impl']:<12} {f['gops']:9.3f} {ratio(f['vs_cdist'])} "
+        line = (f"{record['p']:>6g} {record['impl']:<{width}} {f['gops']:9.3f} {ratio(f['vs_cdist'])} "
                 f"{fb['gops']:12.3f} {ratio(fb['vs_cdist'])} {f['first_s']:12.2f} "
                 f"{fb['first_s']:12.2f}")
         if device.type == "cuda":

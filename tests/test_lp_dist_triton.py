@@ -134,12 +134,24 @@ def test_outer_forward_matches_reference(p, shape, dtype):
 
 
 def test_forward_layout_is_restored_and_checked():
-    with tk.forward_layout("outer"):
-        assert tk._forward_layout == "outer"
-    assert tk._forward_layout == "tile"
+    with tk.forward_layout("outer", (16, 32, 2)):
+        assert (tk._forward_layout, tk._outer_tiles) == ("outer", (16, 32, 2))
+    assert (tk._forward_layout, tk._outer_tiles) == ("tile", None)
     with pytest.raises(ValueError, match="forward layout"):
         with tk.forward_layout("diagonal"):
             pass
+    with pytest.raises(ValueError, match="powers of two"):
+        with tk.forward_layout("outer", (48, 64, 4)):
+            pass
+
+
+@pytest.mark.parametrize("tiles", [(16, 32, 2), (8, 8, 1)])
+def test_outer_forward_with_other_tiles(tiles):
+    # tiles smaller than the shapes (several programs per axis) and larger than B = 5 (one, masked)
+    x, w, gy = _data(*SHAPES["multi_tile"])
+    with tk.forward_layout("outer", tiles):
+        y = tk.forward(x, w, 3.7)
+    torch.testing.assert_close(y.cpu(), _reference(x, w, 3.7, gy)[0], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("p, split_b", [(3.7, 1), (3.7, 3), (8.0, 5)])

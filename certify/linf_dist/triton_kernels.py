@@ -33,6 +33,7 @@ _NUM_WARPS = 4
 _OUTER_BLOCKS = {torch.float32: (64, 64), torch.float64: (32, 64)}
 FORWARD_LAYOUTS = ("tile", "outer")
 _forward_layout = "tile"
+_outer_tiles: tuple[int, int, int] | None = None  # (BLOCK_B, BLOCK_CO, warps) forced by forward_layout
 _PROGRAMS_PER_SM = 4  # backward: split B until about this many programs run per SM
 
 if triton is not None:
@@ -263,17 +264,21 @@ def available(x: Tensor) -> bool:
 
 
 @contextmanager
-def forward_layout(name: str) -> Iterator[None]:
+def forward_layout(name: str, tiles: tuple[int, int, int] | None = None) -> Iterator[None]:
     """Run the p ≤ 10 forward with the ``"tile"`` kernel (the default) or the ``"outer"`` one inside
-    this block: the benchmark measures both on a GPU before either becomes the only one."""
-    global _forward_layout
+    this block: the benchmark measures both on a GPU before either becomes the only one. ``tiles``
+    (outer only): (BLOCK_B, BLOCK_CO, warps), powers of two, instead of the defaults."""
+    global _forward_layout, _outer_tiles
     if name not in FORWARD_LAYOUTS:
         raise ValueError(f"forward layout must be one of {', '.join(FORWARD_LAYOUTS)}, got {name!r}")
-    before, _forward_layout = _forward_layout, name
+    if tiles is not None and not all(t > 0 and t & (t - 1) == 0 for t in tiles):
+        raise ValueError(f"outer tiles must be three powers of two, got {tiles}")
+    before = _forward_layout, _outer_tiles
+    _forward_layout, _outer_tiles = name, tiles
     try:
         yield
     finally:
-        _forward_layout = before
+        _forward_layout, _outer_tiles = before
 
 
 def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
@@ -285,12 +290,12 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     p = float(p)
     y = x.new_empty(B, CO)
     if _forward_layout == "outer" and p <= NORMALIZE_ABOVE_P:
-        bb, bco = _OUTER_BLOCKS[x.dtype]
+        bb, bco, warps = _outer_tiles or (*_OUTER_BLOCKS[x.dtype], _NUM_WARPS)
         grid = (triton.cdiv(B, bb), triton.cdiv(CO, bco))
         with _device_guard(x):
             _lp_forward_outer_kernel[grid](x.t().contiguous(), w.t().contiguous(), y, B, CO, CI, p,
                                            IP=_integer_power(p), BLOCK_B=bb, BLOCK_CO=bco,
-                                           num_warps=_NUM_WARPS)
+                                           num_warps=warps)
         usage.record("triton")
         return y
     bb, bco, bci = _FORWARD_BLOCKS[x.dtype]
