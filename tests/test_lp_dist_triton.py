@@ -147,7 +147,7 @@ def test_forward_layout_is_restored_and_checked():
 
 @pytest.mark.parametrize("tiles", [(16, 32, 2), (8, 8, 1)])
 def test_outer_forward_with_other_tiles(tiles):
-    # tiles smaller than the shapes (several programs per axis) and larger than B = 5 (one, masked)
+    # other tile shapes and warp counts, with ragged last tiles on both axes (B = 36, CO = 70)
     x, w, gy = _data(*SHAPES["multi_tile"])
     with tk.forward_layout("outer", tiles):
         y = tk.forward(x, w, 3.7)
