@@ -329,8 +329,8 @@ def main(argv=None):
             sequential_samples[name].append(seq.last_num_samples)
             return result
         methods[name] = run_sequential
-        variants.append((name, model, "bf16"))
     variant_precision = {name: prec for name, _, prec in variants}
+    variant_precision |= {name: "bf16" for name in sequential_samples}
     forward_precisions = ["fp32"] + [p for p in args.precisions if p != "fp32"]
     forward_precisions += [p for p in dict.fromkeys(variant_precision.values()) if p not in forward_precisions]
     for prec in forward_precisions:

@@ -132,3 +132,19 @@ def test_cli_rejects_an_unknown_compile_mode(tmp_path, fake_fmnist, capsys):
     save_checkpoint(make_checkpoint(width=4, hidden=16), ckpt)
     assert cli("run", ckpt, "--out", tmp_path / "r.tsv", "--data-dir", fake_fmnist, "--compile", "fastest") != 0
     assert "fastest" in capsys.readouterr().err
+
+
+def test_a_compiler_failure_is_one_user_error(monkeypatch):
+    """Compilation happens at the first call; its failure names --compile, not a traceback."""
+    from certify.errors import UserError
+
+    def broken_compile(model, **kwargs):
+        def run(x):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nlong details")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fast = fast_classifier(nn.Linear(4, 2), compile_mode="default")
+    with pytest.raises(UserError, match=r"^--compile default: torch.compile failed \(InvalidCxxCompiler: "
+                                        r"No working C\+\+ compiler found\); run without --compile$"):
+        fast(torch.zeros(3, 4))

@@ -119,6 +119,9 @@ static inline vf vexp2(vf v, float min_exp) {
  * unnormalized form the reference uses there. */
 static inline void forward_rows(const float *x, const float *w, float *y, int64_t CO, int64_t CI,
                                 int64_t b, int rows, float p, float floor_y) {
+    const scaled_log2 lp = scaled_log2_of(p);
+    const int sparse = p >= SPARSE_P;
+    const vf r_min = splat(negligible_below(p, CI));
     for (int64_t o = 0; o < CO; o++) {
         const float *wo = w + o * CI;
         vf mx[ROWS], acc[ROWS], inv[ROWS];
@@ -134,9 +137,6 @@ static inline void forward_rows(const float *x, const float *w, float *y, int64_
             inv[k] = splat(1.0f / m[k]);
             acc[k] = splat(0.0f);
         }
-        const scaled_log2 lp = scaled_log2_of(p);
-        const int sparse = p >= SPARSE_P;
-        const vf r_min = splat(negligible_below(p, CI));
         for (int64_t i = 0; i < CI; i += LANES) {
             vf wv = load(wo + i);
             for (int k = 0; k < rows; k++) {

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from certify.errors import UserError, first_line
+
 # "off" first: the default. reduce-overhead adds CUDA graphs on a GPU; the max-autotune modes
 # search kernels for minutes on a ResNet-110.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
@@ -33,6 +35,28 @@ class ChannelsLast(nn.Module):
         return self.model(x)
 
 
+class Compiled(nn.Module):
+    """``torch.compile(model)``, whose first call (where compilation happens) turns a failure of the
+    compiler (no C++ compiler for inductor on a CPU, say) into a one-line UserError."""
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        self.compiled = torch.compile(model, mode=mode, dynamic=False)
+        self.mode = mode
+        self.working = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.working:
+            return self.compiled(x)
+        try:
+            out = self.compiled(x)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the user can run without it
+            raise UserError(f"--compile {self.mode}: torch.compile failed ({first_line(error)}); "
+                            f"run without --compile") from error
+        self.working = True
+        return out
+
+
 def fast_classifier(model: nn.Module, *, channels_last: bool = False, compile_mode: str = "off") -> nn.Module:
     """``model`` in eval mode, in channels_last memory format if asked, under ``torch.compile`` unless
     ``compile_mode`` is ``"off"``. Converts ``model`` in place (no copy: the caller owns it).
@@ -45,5 +69,5 @@ def fast_classifier(model: nn.Module, *, channels_last: bool = False, compile_mo
     if channels_last:
         model = ChannelsLast(model.to(memory_format=torch.channels_last))
     if compile_mode != "off":
-        model = torch.compile(model, mode=compile_mode, dynamic=False)  # type: ignore[assignment]
+        model = Compiled(model, compile_mode)
     return model
