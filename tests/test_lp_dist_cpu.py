@@ -345,10 +345,11 @@ def test_native_inf_index_is_the_first_maximum_on_both_kernels(ci):
     assert torch.equal(native.forward_inf(x, w, False)[0], y_ref)
 
 
-@pytest.mark.parametrize("p", [64.0, 100.0, 1000.0])
-def test_native_skips_only_negligible_terms_on_long_rows(p):
-    """From p = 60 the native kernels skip vectors whose terms are all below 2^-(24 + log2 CI) of
-    the largest. On Gaussian rows of 1024 most vectors are skipped at these p; the values and
+@pytest.mark.parametrize("p", [7.3, 8.5, 20.0, 33.3, 59.0, 64.0, 100.0, 1000.0])
+def test_native_matches_the_reference_on_long_rows(p):
+    """Rows of 1024, where the approximations are sized by CI: from p = 60 the native kernels skip
+    vectors whose terms are all below 2^-(24 + log2 CI) of the largest (most of them on Gaussian
+    rows), and up to p ≈ 100 they raise z below 2^-(E−1) to it in the table route. The values and
     gradients must still be the float64 reference's to float32 accuracy."""
     if not native.available(torch.zeros(1)):
         pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
@@ -373,3 +374,33 @@ def test_an_unwritable_cache_builds_in_the_temporary_directory(monkeypatch, tmp_
     monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
     assert native.available(torch.zeros(1)), native.unavailable_reason()
     assert len(list(tmp_path.rglob("lp_dist_*.so"))) == 1
+
+
+@pytest.mark.parametrize("ci", [64, 1024])
+def test_native_powers_by_table_match_float64(ci):
+    """z^c by the kernels' route for p < 60 (table and polynomial with AVX-512, else log2/exp2):
+    relative error within 1e-6 plus float32's rounding of the exponent wherever z^c is above the
+    negligible bound 2^-(28 + 2 log2 CI), and at most that bound below it (z under 2^-(E−1) is
+    raised to it). A wrong piece or exponent in the table would be off by factors, a polynomial of
+    one degree too low by several times the tolerance."""
+    if not native.available(torch.zeros(1)):
+        pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
+    lanes = native._get().lp_lanes()
+    gen = torch.Generator().manual_seed(ci)
+    z = torch.cat([torch.rand(20000, generator=gen) ** 4,  # dense near 0 and over the pieces
+                   torch.tensor([0.0, 1e-30, 2.0 ** -7, 0.5, 1.0 - 2.0 ** -24, 1.0, 1.0 + 2.0 ** -23])])
+    bound = 2.0 ** -(28 + 2 * math.ceil(math.log2(ci)))
+    for c in [7.5, 8.5, 12.25, 20.0, 33.3, 58.9]:
+        degree = native.power_degree(c, ci)
+        assert degree == 0 or 5 <= degree <= 13
+        if lanes == 16 and c <= 58.9:  # AVX-512: the table route serves this range
+            assert degree > 0, c
+        c32 = torch.tensor(c, dtype=torch.float32).item()  # the exponent the kernel receives
+        got, want = native.power(z, c, ci).double(), z.double() ** c32
+        large = want > bound
+        # float32 rounding of c·log2 z (log2/exp2 route) or of the polynomial's terms (table)
+        tolerance = 1e-6 + 6e-8 * c32 * z.double().log2().abs().clamp_min(1.0)
+        excess = ((got - want).abs() / want / tolerance)[large].max().item()
+        assert excess <= 1.0, (c, degree, excess)
+        assert got[~large].max().item() <= bound, (c, degree)
+    assert native.power_degree(3.7, ci) == 0  # too small a c for the table's exponent range

@@ -4,8 +4,8 @@ Why not only torch.compile: inductor evaluates one reduction per kernel, so the 
 non-integer p computed |q|^(p−1) twice (once per gradient), and its general-p loops carried
 selects and a second normalization pass. ``native_kernels.c`` evaluates each term once and adds
 it to both gradients, and runs at the machine's full vector width (AVX-512 where present). It is
-plain C with no Python or torch headers: compiled with the system C compiler on first use (about a
-second), cached under ``$CERTIFY_CACHE`` (default ``~/.cache/certify``) by a hash of the source,
+plain C with no Python or torch headers: compiled with the system C compiler on first use (about 3
+seconds), cached under ``$CERTIFY_CACHE`` (default ``~/.cache/certify``) by a hash of the source,
 the flags, the compiler and the CPU. ctypes releases the GIL, so ranges of rows run on
 ``torch.get_num_threads()`` Python threads. Where no compiler works, ``available`` says so once and
 the compiled (inductor) kernels serve every p as before.
@@ -125,6 +125,9 @@ def _load() -> ctypes.CDLL:
     lib.lp_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, f32]
     lib.lp_backward_inf_x.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64]
     lib.lp_backward_inf_w.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    lib.lp_power_degree.argtypes = [f32, i64]
+    lib.lp_power_degree.restype = ctypes.c_int
+    lib.lp_power.argtypes = [ptr, ptr, i64, f32, i64]
     return lib
 
 
@@ -269,6 +272,25 @@ def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple
     usage.record("native")
     ci = x.shape[1]
     return partial.sum(0)[:, :ci].contiguous(), grad_w[:, :ci].contiguous()
+
+
+def power_degree(c: float, ci: int) -> int:
+    """The degree of the polynomial the kernels use for z^c at rows of ``ci`` (c = p in the
+    forward, p − 1 in the backward); 0 where they take the log2/exp2 route."""
+    lib = _get()
+    assert lib is not None
+    return int(lib.lp_power_degree(c, ci))
+
+
+def power(z: Tensor, c: float, ci: int) -> Tensor:
+    """z^c for float32 z in [0, 1], by the route the kernels take at rows of ``ci`` (for tests)."""
+    lib = _get()
+    assert lib is not None
+    flat = z.detach().reshape(-1).contiguous()
+    padded = F.pad(flat, (0, -flat.numel() % lib.lp_lanes()))
+    out = torch.empty_like(padded)
+    lib.lp_power(_address(padded), _address(out), padded.numel(), c, ci)
+    return out[:flat.numel()].reshape(z.shape)
 
 
 def backward_inf(index: Tensor, grad_y: Tensor, x_shape: torch.Size,

@@ -1,12 +1,13 @@
 /* Native float32 CPU kernels of lp_dist for general p and p = ∞ (see certify/linf_dist/native.py).
  *
  * Plain C with GCC vector extensions (LANES floats: 16 with AVX-512, else 8), no Python or torch
- * headers, so it compiles in about a second. Every function takes a range of rows (b0..b1 or
+ * headers, so it compiles in a few seconds. Every function takes a range of rows (b0..b1 or
  * o0..o1): the caller runs ranges on several threads. Rows have CI floats, a multiple of
  * lp_row_multiple() (the caller pads with zeros: a padded coordinate has d = 0 and adds nothing).
  *
  * z^p is 2^(p·log2 z): log2 from the float's bits and a polynomial (as the compiled kernels do),
- * 2^v from a polynomial times 2^n built in the exponent bits. Exponents below min_exp are raised
+ * 2^v from a polynomial times 2^n built in the exponent bits; for p < SPARSE_P with AVX-512, a
+ * table and a polynomial fitted per call instead (vpow_table, about half the operations). Exponents below min_exp are raised
  * to it, so every term is a normal float (denormals would cost microcode assists); such a term is
  * at most 2^-100 of the largest one, nothing in any sum or gradient.
  */
@@ -39,7 +40,8 @@ static const float TINY = 1e-10f;
  * of them together change a sum by less than 2^-24 of it, under float32's own rounding. The test
  * compares the ratio itself (|d|/m, |q|) with that bound's p-th root, before any log2. Below
  * SPARSE_P too few vectors are skipped for the test to pay: on Gaussian data (B = 512, CI = CO =
- * 1024, one thread) the skipping loops break even at p ≈ 56 and are 1.6× faster at p = 80. */
+ * 1024, one thread) the skipping loops break even at p ≈ 56 and are 1.6× faster at p = 80; with
+ * the table route below it, skipping from p = 30 instead slowed p = 40 from 1.96 to 1.33 G/s. */
 #ifndef SPARSE_P
 #define SPARSE_P 60.0f
 #endif
@@ -113,12 +115,164 @@ static inline vf vexp2(vf v, float min_exp) {
     return poly * (vf)((n + 127) << 23);
 }
 
+/* ---------------------------------------------------------------- z^c by table and polynomial
+ * For z in [0, 1] and one c per call (p in the forward, p − 1 in the backward) in the range where
+ * the log2-then-exp2 route costs most: z = 2^e·m, m in [1, 2). Five bits of z (the low bits of e
+ * and the top bits of m) pick one of 32 pieces, each with a centre a of its mantissa interval:
+ *     z^c = (2^e·a)^c · (1 + u)^c,   u = m/a − 1,   |u| <= h.
+ * The first factor and 1/a are table entries (one 32-entry permute each), the second a polynomial
+ * in u fitted for this c (Chebyshev nodes, relative error <= POW_TOLERANCE, about what log2 then
+ * exp2 reach in float32 for the terms that matter): 8 + K vector operations for degree K, against
+ * about 28 and a division. The table holds E exponents (E·P = 32, P pieces per octave): z below
+ * 2^-(E−1) is raised to it, a term then at most 2^-(E−1)c, chosen below 2^-(28 + 2 log2 CI) of
+ * any sum or gradient; the smallest E that allows this gives the narrowest pieces. AVX-512 only
+ * (the 32-entry permute); elsewhere, and where no degree up to POW_MAX_DEGREE is accurate enough,
+ * the log2/exp2 route serves. */
+#define POW_PIECES 32
+#define POW_MIN_DEGREE 5
+#define POW_MAX_DEGREE 13
+#define POW_TOLERANCE 2e-7
+#if defined(__AVX512F__) && LANES == 16
+#define POW_TABLES 1
+#else
+#define POW_TABLES 0
+#endif
+
+typedef struct {
+    int degree; /* 0: not applicable here (use vlog2_times/vexp2) */
+    int shift;  /* the piece is (bits of z) >> shift, modulo 32 */
+    float z_min;
+    float scale[POW_PIECES];  /* 1/a */
+    float factor[POW_PIECES]; /* (2^e·a)^c */
+    float coef[POW_MAX_DEGREE + 1];
+} pow_plan;
+
+/* Relative error of the degree-K interpolant of (1 + u)^c on [−h, h] at Chebyshev nodes, its
+ * coefficients (in u) written to coef; double precision throughout. */
+static double fit_power(double c, double h, int K, double *coef) {
+    double a[POW_MAX_DEGREE + 1][POW_MAX_DEGREE + 2];
+    int n = K + 1;
+    for (int i = 0; i < n; i++) { /* Vandermonde in t = u/h at the nodes, solved by elimination */
+        double t = cos(M_PI * (i + 0.5) / n);
+        for (int k = 0; k < n; k++) a[i][k] = pow(t, k);
+        a[i][n] = pow(1.0 + h * t, c);
+    }
+    for (int k = 0; k < n; k++) {
+        int piv = k;
+        for (int i = k + 1; i < n; i++) if (fabs(a[i][k]) > fabs(a[piv][k])) piv = i;
+        for (int j = 0; j <= n; j++) { double s = a[k][j]; a[k][j] = a[piv][j]; a[piv][j] = s; }
+        for (int i = 0; i < n; i++) {
+            if (i == k) continue;
+            double f = a[i][k] / a[k][k];
+            for (int j = k; j <= n; j++) a[i][j] -= f * a[k][j];
+        }
+    }
+    for (int k = 0; k < n; k++) coef[k] = a[k][n] / a[k][k] / pow(h, k);
+    double worst = 0.0;
+    for (int s = 0; s <= 1000; s++) {
+        double u = h * (2.0 * s / 1000 - 1.0), v = coef[K];
+        for (int k = K - 1; k >= 0; k--) v = v * u + coef[k];
+        double err = fabs(v / pow(1.0 + u, c) - 1.0);
+        worst = err > worst ? err : worst;
+    }
+    return worst;
+}
+
+static void plan_power(pow_plan *plan, float c, int64_t CI) {
+    plan->degree = 0;
+    if (!POW_TABLES) return;
+    double need = 28.0 + 2.0 * ceil(log2((double)(CI > 1 ? CI : 2)));
+    int E = 2;
+    while (E <= 8 && (E - 1) * (double)c < need) E *= 2;
+    if (E > 8) return;
+    int P = POW_PIECES / E, log2P = __builtin_ctz(P);
+    /* the half-width of u, widened for the float scale's rounding */
+    double width = 1.0 / P, h = 0.5 * width / (1.0 + 0.5 * width) * (1.0 + 1e-6), coef[POW_MAX_DEGREE + 1];
+    int K = POW_MIN_DEGREE;
+    while (K <= POW_MAX_DEGREE && fit_power(c, h, K, coef) > POW_TOLERANCE) K++;
+    if (K > POW_MAX_DEGREE) return;
+    for (int k = 0; k <= K; k++) plan->coef[k] = (float)coef[k];
+    for (int idx = 0; idx < POW_PIECES; idx++) {
+        int piece = idx & (P - 1), low = idx >> log2P;
+        int biased = 127 - ((127 - low) % E + E) % E; /* the one in 128 − E .. 127 that is low mod E */
+        /* a is the exact inverse of the float scale: then u = m·scale − 1, one fused multiply-add,
+         * carries a single rounding (relative error c·|u|·2^-24 in z^c, not c·2^-24) */
+        plan->scale[idx] = (float)(1.0 / (1.0 + (piece + 0.5) * width));
+        double centre = 1.0 / plan->scale[idx];
+        double value = pow(ldexp(centre, biased - 127), c);
+        plan->factor[idx] = value < 0x1p-100 ? 0.0f : (float)value; /* 0, not a denormal */
+    }
+    plan->shift = 23 - log2P;
+    plan->z_min = ldexpf(1.0f, -(E - 1));
+    plan->degree = K;
+}
+
+#if POW_TABLES
+/* The plan in registers: the two tables as pairs of vectors, the coefficients splatted. */
+typedef struct { __m512 scale_lo, scale_hi, factor_lo, factor_hi; vf z_min, coef[POW_MAX_DEGREE + 1]; int shift; } pow_regs;
+
+static inline pow_regs pow_regs_of(const pow_plan *plan) {
+    pow_regs r;
+    r.scale_lo = _mm512_loadu_ps(plan->scale), r.scale_hi = _mm512_loadu_ps(plan->scale + 16);
+    r.factor_lo = _mm512_loadu_ps(plan->factor), r.factor_hi = _mm512_loadu_ps(plan->factor + 16);
+    r.z_min = splat(plan->z_min);
+    for (int k = 0; k <= plan->degree; k++) r.coef[k] = splat(plan->coef[k]);
+    r.shift = plan->shift;
+    return r;
+}
+
+/* z^c for z in [0, 2) by the plan, with the degree K a constant where this is inlined. */
+static inline __attribute__((always_inline)) vf vpow_table(vf z, const pow_regs *r, int K) {
+    z = vmax(z, r->z_min);
+    vi bits = (vi)z;
+    __m512i piece = (__m512i)(bits >> r->shift);
+    vf scale = (vf)_mm512_permutex2var_ps(r->scale_lo, piece, r->scale_hi);
+    vf factor = (vf)_mm512_permutex2var_ps(r->factor_lo, piece, r->factor_hi);
+    vf u = (vf)((bits & 0x7FFFFF) | 0x3F800000) * scale - 1.0f;
+    vf v = r->coef[K];
+    for (int k = K - 1; k >= 0; k--) v = v * u + r->coef[k];
+    return v * factor;
+}
+#else
+typedef struct { int unused; } pow_regs;
+static inline pow_regs pow_regs_of(const pow_plan *plan) { (void)plan; return (pow_regs){0}; }
+static inline vf vpow_table(vf z, const pow_regs *r, int K) { (void)r; (void)K; return z; } /* unused */
+#endif
+
+/* Call body(K) with the plan's degree K as a constant, so that each degree gets its own unrolled
+ * polynomial; K = 0 is the log2/exp2 route. */
+#define WITH_DEGREE(K_, body) do { switch (K_) { \
+    case 5: body(5); break; case 6: body(6); break; case 7: body(7); break; \
+    case 8: body(8); break; case 9: body(9); break; case 10: body(10); break; \
+    case 11: body(11); break; case 12: body(12); break; case 13: body(13); break; \
+    default: body(0); break; } } while (0)
+
+/* For tests and the docs: the degree the plan for (c, CI) uses (0: the log2/exp2 route), and z^c
+ * (n values, a multiple of LANES, z in [0, 1]) by the route the kernels take for them. */
+int lp_power_degree(float c, int64_t CI) {
+    pow_plan plan;
+    plan_power(&plan, c, CI);
+    return plan.degree;
+}
+
+void lp_power(const float *z, float *out, int64_t n, float c, int64_t CI) {
+    pow_plan plan;
+    plan_power(&plan, c, CI);
+    const pow_regs table = pow_regs_of(&plan);
+    const scaled_log2 lc = scaled_log2_of(c);
+#define POWER(K) for (int64_t i = 0; i < n; i += LANES) \
+        store(out + i, K ? vpow_table(load(z + i), &table, K) : vexp2(vlog2_times(load(z + i), &lc), -126.0f))
+    WITH_DEGREE(plan.degree, POWER);
+#undef POWER
+}
+
 /* ---------------------------------------------------------------- finite p, forward
  * y[b, o] = m·(Σ_i (|d_i|/m)^p)^(1/p), m = max(max_i |d_i|, 1e-10): the normalized form at every
  * p (no overflow); for p <= 10 the result is then raised to FLT_MIN^(1/p), the floor of the
  * unnormalized form the reference uses there. */
-static inline void forward_rows(const float *x, const float *w, float *y, int64_t CO, int64_t CI,
-                                int64_t b, int rows, float p, float floor_y) {
+static inline __attribute__((always_inline)) void forward_rows(
+        const float *x, const float *w, float *y, int64_t CO, int64_t CI, int64_t b, int rows,
+        float p, float floor_y, const pow_regs *table, int K) {
     const scaled_log2 lp = scaled_log2_of(p);
     const int sparse = p >= SPARSE_P;
     const vf r_min = splat(negligible_below(p, CI));
@@ -142,7 +296,7 @@ static inline void forward_rows(const float *x, const float *w, float *y, int64_
             for (int k = 0; k < rows; k++) {
                 vf r = vabs(load(x + (b + k) * CI + i) - wv) * inv[k];
                 if (sparse && !any(r >= r_min)) continue;
-                acc[k] += vexp2(vlog2_times(r, &lp), -126.0f);
+                acc[k] += K ? vpow_table(r, table, K) : vexp2(vlog2_times(r, &lp), -126.0f);
             }
         }
         for (int k = 0; k < rows; k++) {
@@ -155,9 +309,16 @@ static inline void forward_rows(const float *x, const float *w, float *y, int64_
 void lp_forward(const float *x, const float *w, float *y, int64_t CO, int64_t CI, int64_t b0,
                 int64_t b1, float p) {
     float floor_y = p <= 10.0f ? powf(FLT_MIN_, 1.0f / p) : 0.0f;
-    int64_t b = b0;
-    for (; b + ROWS <= b1; b += ROWS) forward_rows(x, w, y, CO, CI, b, ROWS, p, floor_y);
-    for (; b < b1; b++) forward_rows(x, w, y, CO, CI, b, 1, p, floor_y);
+    pow_plan plan;
+    plan_power(&plan, p < SPARSE_P ? p : 0.0f, CI);
+    const pow_regs table = pow_regs_of(&plan);
+#define FORWARD(K) do { \
+        int64_t b = b0; \
+        for (; b + ROWS <= b1; b += ROWS) forward_rows(x, w, y, CO, CI, b, ROWS, p, floor_y, &table, K); \
+        for (; b < b1; b++) forward_rows(x, w, y, CO, CI, b, 1, p, floor_y, &table, K); \
+    } while (0)
+    WITH_DEGREE(plan.degree, FORWARD);
+#undef FORWARD
 }
 
 /* ---------------------------------------------------------------- p = ∞, forward
@@ -223,12 +384,13 @@ void lp_forward_inf(const float *x, const float *w, float *y, int64_t *index, in
  * t = g[b, o]·sign(q)·|q|^(p−1), q = d·r[b, o] (r = 1/max(y, 1e-10)), evaluated once per element
  * and added to both gradients: grad_w[o] −= t (rows o0..o1, owned by this call) and gx[b] += t
  * (this call's own partial sum over its outputs, which the caller adds up). */
-static inline void backward_rows(const float *x, const float *w, const float *r, const float *g,
-                                 float *gx, float *gw, int64_t B, int64_t CO, int64_t CI, int64_t o,
-                                 int rows, float pm1, float min_exp) {
+static inline __attribute__((always_inline)) void backward_rows(
+        const float *x, const float *w, const float *r, const float *g, float *gx, float *gw,
+        int64_t B, int64_t CO, int64_t CI, int64_t o, int rows, float pm1, float min_exp,
+        const pow_regs *table, int K) {
     const scaled_log2 lp = scaled_log2_of(pm1);
     const int sparse = pm1 + 1.0f >= SPARSE_P;
-    const vf q_min = splat(negligible_below(pm1, CI));
+    const vf q_min = splat(negligible_below(pm1, CI)), q_max = splat(1.9999999f);
     for (int64_t b = 0; b < B; b++) {
         const float *xb = x + b * CI;
         float *gxb = gx + b * CI;
@@ -243,8 +405,9 @@ static inline void backward_rows(const float *x, const float *w, const float *r,
                 vf d = xv - load(w + (o + k) * CI + i);
                 vf q = vabs(d * rk[k]);
                 if (sparse && !any(q >= q_min)) continue;
-                vf e = vlog2_times(q, &lp);
-                vf t = vexp2(e, min_exp) * gk[k];
+                /* q <= 1 when y is this forward's; the table covers q < 2 */
+                vf t = (K ? vpow_table(vselect(q < q_max, q, q_max), table, K)
+                          : vexp2(vlog2_times(q, &lp), min_exp)) * gk[k];
                 vi sign = (vi)d & (int32_t)0x80000000;
                 t = (vf)(((vi)t ^ sign) & (d != 0.0f)); /* sign(0) = 0 */
                 sum += t;
@@ -259,9 +422,17 @@ static inline void backward_rows(const float *x, const float *w, const float *r,
 void lp_backward(const float *x, const float *w, const float *r, const float *g, float *gx,
                  float *gw, int64_t B, int64_t CO, int64_t CI, int64_t o0, int64_t o1, float pm1,
                  float min_exp) {
-    int64_t o = o0;
-    for (; o + ROWS <= o1; o += ROWS) backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, ROWS, pm1, min_exp);
-    for (; o < o1; o++) backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, 1, pm1, min_exp);
+    pow_plan plan;
+    plan_power(&plan, pm1 + 1.0f < SPARSE_P ? pm1 : 0.0f, CI);
+    const pow_regs table = pow_regs_of(&plan);
+#define BACKWARD(K) do { \
+        int64_t o = o0; \
+        for (; o + ROWS <= o1; o += ROWS) \
+            backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, ROWS, pm1, min_exp, &table, K); \
+        for (; o < o1; o++) backward_rows(x, w, r, g, gx, gw, B, CO, CI, o, 1, pm1, min_exp, &table, K); \
+    } while (0)
+    WITH_DEGREE(plan.degree, BACKWARD);
+#undef BACKWARD
 }
 
 /* ---------------------------------------------------------------- p = ∞, forward across outputs
