@@ -8,6 +8,8 @@ costs B·CO·CI element-ops) of:
              p ≠ 8, the compiled ones otherwise; Triton on a GPU)
   inductor   on the CPU, lp_dist with the native kernels disabled: the compiled (torch.compile)
              kernels at every p, as before the native ones existed
+  log-exp    on the CPU, the native kernels with every power by log2 then exp2: as before the
+             table route for p < 60 (AVX-512 only; elsewhere the same as ours)
   eager      lp_dist(backend="eager"), the chunked PyTorch backend
   cdist      torch.cdist(x, w, p)
   reference  the naive broadcast reference (materializes B×CO×CI; skipped when too big)
@@ -44,6 +46,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -89,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--impls", nargs="+",
-                        default=["ours", "inductor", "eager", "cdist", "reference", "triton",
+                        default=["ours", "inductor", "log-exp", "eager", "cdist", "reference", "triton",
                                  "triton-outer"],
                         help="implementations to run (default: all that apply)")
     parser.add_argument("--outer-tiles", type=_tiles, nargs="*", default=[],
@@ -139,27 +142,29 @@ def measure(fn: Callable[[], None], device: torch.device, repeats: int, slow_cap
     return {"first_s": first, "median_s": statistics.median(times), "samples": count}
 
 
-def compiled_without_native(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
-    """The compiled CPU backend with the native kernels off, forward and backward."""
+def compiled_within(context: Callable[[], AbstractContextManager[None]]) -> Callable[..., torch.Tensor]:
+    """The compiled CPU backend with ``context()`` around its forward and its backward."""
 
-    class Off(torch.autograd.Function):  # keeps them off for the backward, run later by autograd
-        @staticmethod
-        def forward(ctx, a, b):
-            with native.disabled():
-                with torch.enable_grad():
+    def run(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
+        class Within(torch.autograd.Function):  # the backward runs later, from autograd
+            @staticmethod
+            def forward(ctx, a, b):
+                with context(), torch.enable_grad():
                     ctx.a, ctx.b = a.detach().requires_grad_(), b.detach().requires_grad_()
                     ctx.y = lp_dist(ctx.a, ctx.b, p, backend="compiled")
-            return ctx.y.detach()
+                return ctx.y.detach()
 
-        @staticmethod
-        def backward(ctx, grad_y):
-            with native.disabled():
-                return torch.autograd.grad(ctx.y, (ctx.a, ctx.b), grad_y)
+            @staticmethod
+            def backward(ctx, grad_y):
+                with context():
+                    return torch.autograd.grad(ctx.y, (ctx.a, ctx.b), grad_y)
 
-    if not torch.is_grad_enabled():
-        with native.disabled():
-            return lp_dist(a, b, p, backend="compiled")
-    return Off.apply(a, b)
+        if not torch.is_grad_enabled():
+            with context():
+                return lp_dist(a, b, p, backend="compiled")
+        return Within.apply(a, b)
+
+    return run
 
 
 def implementations(args: argparse.Namespace, device: torch.device,
@@ -167,7 +172,8 @@ def implementations(args: argparse.Namespace, device: torch.device,
     impls: dict[str, Callable[..., torch.Tensor]] = {
         "ours": lambda a, b, p: lp_dist(a, b, p),
         "eager": lambda a, b, p: lp_dist(a, b, p, backend="eager"),
-        "inductor": compiled_without_native,
+        "inductor": compiled_within(native.disabled),
+        "log-exp": compiled_within(native.log_exp_powers),
         "cdist": lambda a, b, p: torch.cdist(a, b, p=p),
         "reference": lp_dist_reference,
     }
@@ -192,6 +198,7 @@ def implementations(args: argparse.Namespace, device: torch.device,
             print(f"triton: import failed ({type(error).__name__}: {error}), skipped")
     if device.type != "cpu":
         impls.pop("inductor")
+        impls.pop("log-exp")
     return {name: fn for name, fn in impls.items() if name.split("[")[0] in args.impls}
 
 
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for p in args.p:
         for name, op in impls.items():
-            rows = args.batch if name.startswith(("ours", "inductor", "triton")) else baseline_rows
+            rows = args.batch if name.startswith(("ours", "inductor", "log-exp", "triton")) else baseline_rows
             x = x_full[:rows].contiguous()
             element_ops = rows * co * ci
             if name == "reference":

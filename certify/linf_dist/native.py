@@ -128,6 +128,7 @@ def _load() -> ctypes.CDLL:
     lib.lp_power_degree.argtypes = [f32, i64]
     lib.lp_power_degree.restype = ctypes.c_int
     lib.lp_power.argtypes = [ptr, ptr, i64, f32, i64]
+    lib.lp_set_power_tables.argtypes = [ctypes.c_int]
     return lib
 
 
@@ -168,6 +169,20 @@ def disabled() -> Iterator[None]:
         yield
     finally:
         _disabled -= 1
+
+
+@contextlib.contextmanager
+def log_exp_powers() -> Iterator[None]:
+    """Run the block with the log2/exp2 route for every power (no tables): the kernels as they
+    were before the table route, for the benchmarks' same-process comparison. Not thread-safe."""
+    lib = _get()
+    if lib is not None:
+        lib.lp_set_power_tables(0)
+    try:
+        yield
+    finally:
+        if lib is not None:
+            lib.lp_set_power_tables(1)
 
 
 def unavailable_reason() -> str | None:

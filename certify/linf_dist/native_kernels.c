@@ -178,9 +178,13 @@ static double fit_power(double c, double h, int K, double *coef) {
     return worst;
 }
 
+static int power_tables_on = 1;
+/* Off: the log2/exp2 route at every p (the "before" rows of benchmarks/lp_dist.py). */
+void lp_set_power_tables(int on) { power_tables_on = on; }
+
 static void plan_power(pow_plan *plan, float c, int64_t CI) {
     plan->degree = 0;
-    if (!POW_TABLES) return;
+    if (!POW_TABLES || !power_tables_on) return;
     double need = 28.0 + 2.0 * ceil(log2((double)(CI > 1 ? CI : 2)));
     int E = 2;
     while (E <= 8 && (E - 1) * (double)c < need) E *= 2;
