@@ -169,8 +169,8 @@ static double fit_power(double c, double h, int K, double *coef) {
     }
     for (int k = 0; k < n; k++) coef[k] = a[k][n] / a[k][k] / pow(h, k);
     double worst = 0.0;
-    for (int s = 0; s <= 1000; s++) {
-        double u = h * (2.0 * s / 1000 - 1.0), v = coef[K];
+    for (int s = 0; s <= 256; s++) {
+        double u = h * (2.0 * s / 256 - 1.0), v = coef[K];
         for (int k = K - 1; k >= 0; k--) v = v * u + coef[k];
         double err = fabs(v / pow(1.0 + u, c) - 1.0);
         worst = err > worst ? err : worst;
@@ -182,10 +182,7 @@ static int power_tables_on = 1;
 /* Off: the log2/exp2 route at every p (the "before" rows of benchmarks/lp_dist.py). */
 void lp_set_power_tables(int on) { power_tables_on = on; }
 
-static void plan_power(pow_plan *plan, float c, int64_t CI) {
-    plan->degree = 0;
-    if (!POW_TABLES || !power_tables_on) return;
-    double need = 28.0 + 2.0 * ceil(log2((double)(CI > 1 ? CI : 2)));
+static void make_plan(pow_plan *plan, float c, double need) {
     int E = 2;
     while (E <= 8 && (E - 1) * (double)c < need) E *= 2;
     if (E > 8) return;
@@ -209,6 +206,23 @@ static void plan_power(pow_plan *plan, float c, int64_t CI) {
     plan->shift = 23 - log2P;
     plan->z_min = ldexpf(1.0f, -(E - 1));
     plan->degree = K;
+}
+
+/* The plan for (c, CI), from a small per-thread cache: fitting costs 0.1–0.3 ms, and a training
+ * step asks for the same few (p for each layer's forward, p − 1 for its backward) many times. */
+#define PLAN_CACHE 8
+static void plan_power(pow_plan *plan, float c, int64_t CI) {
+    static __thread struct { float c; double need; pow_plan plan; } cache[PLAN_CACHE];
+    static __thread int cached, next;
+    *plan = (pow_plan){0}; /* degree 0: the log2/exp2 route */
+    if (!POW_TABLES || !power_tables_on || !(c > 0.0f)) return;
+    double need = 28.0 + 2.0 * ceil(log2((double)(CI > 1 ? CI : 2)));
+    for (int k = 0; k < cached; k++)
+        if (cache[k].c == c && cache[k].need == need) { *plan = cache[k].plan; return; }
+    make_plan(plan, c, need);
+    cache[next].c = c, cache[next].need = need, cache[next].plan = *plan;
+    next = (next + 1) % PLAN_CACHE;
+    cached = cached < PLAN_CACHE ? cached + 1 : PLAN_CACHE;
 }
 
 #if POW_TABLES
