@@ -404,3 +404,42 @@ def test_native_powers_by_table_match_float64(ci):
         assert excess <= 1.0, (c, degree, excess)
         assert got[~large].max().item() <= bound, (c, degree)
     assert native.power_degree(3.7, ci) == 0  # too small a c for the table's exponent range
+
+
+@needs_compiler
+@pytest.mark.parametrize("p", [2.0, 8.0, 8.5, 20.0, 100.0, INF])
+def test_nan_and_inf_inputs_give_the_eager_results(p):
+    """A NaN or ±inf coordinate gives what eager gives, forward and backward: NaN or inf where it
+    reaches, finite values elsewhere. (The native kernels work on the floats' bits and, like the
+    compiled ones, would turn a NaN into a finite number; such calls go to eager.)"""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 70, generator=gen)
+    w = torch.randn(4, 70, generator=gen)
+    x[1, 3], x[2, 9], w[3, 0] = math.nan, math.inf, -math.inf
+    grad_y = torch.randn(5, 4, generator=gen)
+    results = {}
+    for backend in ("compiled", "eager"):
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = lp_dist(xg, wg, p, backend=backend)
+        y.backward(grad_y)
+        results[backend] = (y.detach(), xg.grad, wg.grad)
+    y = results["eager"][0]
+    assert y[1].isnan().all() and torch.isfinite(y[[0, 3, 4]][:, :3]).all()  # the test is live
+    for got, want in zip(results["compiled"], results["eager"]):
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-5, atol=1e-6)
+
+
+def test_native_finiteness_scan_finds_every_nan_and_inf():
+    """The scan that sends non-finite calls to eager: split across threads for large tensors, with
+    vector tails, on non-contiguous views; one bad value anywhere must be found."""
+    if not native.available(torch.zeros(1)):
+        pytest.skip(f"no native kernels here: {native.unavailable_reason()}")
+    x = torch.randn(300, 333)  # 99,900 values: several thread ranges, a tail of 12
+    assert native.all_finite(x, x.t(), x[:, ::3], torch.zeros(0))
+    for where in [0, 4095, 4096, 50_000, x.numel() - 1]:
+        for bad in (math.nan, math.inf, -math.inf):
+            y = x.clone()
+            y.view(-1)[where] = bad
+            assert not native.all_finite(y), (where, bad)
+            assert not native.all_finite(x, y.t())
+    assert native.all_finite(torch.tensor([3.4e38, -3.4e38, 1e-45]))  # huge and denormal are finite

@@ -473,8 +473,20 @@ def _native_serves(x: Tensor, p: float) -> bool:
     return p != 8.0 and native.available(x)
 
 
+def _finite(*tensors: Tensor) -> bool:
+    """Whether no value is NaN or ±inf: the native and compiled kernels work on the floats' bits
+    and would not carry them as eager does. Where the native kernels serve, their own scan (no
+    OpenMP threads left spinning); otherwise one sum each (NaN and ±inf reach it, and a sum that
+    overflows only sends a finite call to eager, exact but slower)."""
+    if native.available(tensors[0]):
+        return native.all_finite(*tensors)
+    return all(math.isfinite(float(t.sum())) for t in tensors)
+
+
 def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     """y[b, o] = ‖x[b] − w[o]‖_p for finite p ≥ 1 (unnormalized for p ≤ 10, normalized above)."""
+    if not _finite(x, w):
+        return eager.forward(x, w, p)
     if _native_serves(x, p):
         return native.forward(x, w, p)
     y = _run(*_forward_args(x, w, p), _work(x, w, 1 if p == 8.0 else _POW_COST))
@@ -488,6 +500,8 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
 
 def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor | None]:
     """y = max_i |x_i − w_i| and, if asked, the signed first argmax (``i`` or ``−(i + 1)``)."""
+    if not _finite(x, w):
+        return eager.forward_inf(x, w, with_index)
     if _native_serves(x, math.inf):
         return native.forward_inf(x, w, with_index)
     if with_index:
@@ -515,6 +529,8 @@ def backward_inf(index: Tensor, grad_y: Tensor, x_shape: torch.Size,
 
 def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """grad_x = Σ_o t, grad_w = −Σ_b t, t = grad_y·sign(q)|q|^(p−1), q = (x − w)/max(y, 1e-10)."""
+    if not _finite(x, w, y):  # (a NaN in grad_y passes through every kernel's products)
+        return eager.backward(x, w, y, grad_y, p)
     if _native_serves(x, p):
         return native.backward(x, w, y, grad_y, p)
     out = _run(*_backward_args(x, w, y, grad_y, p), _work(x, w, 2 if p == 8.0 else 2 * _POW_COST))

@@ -129,6 +129,8 @@ def _load() -> ctypes.CDLL:
     lib.lp_power_degree.restype = ctypes.c_int
     lib.lp_power.argtypes = [ptr, ptr, i64, f32, i64]
     lib.lp_set_power_tables.argtypes = [ctypes.c_int]
+    lib.lp_all_finite.argtypes = [ptr, i64]
+    lib.lp_all_finite.restype = ctypes.c_int
     return lib
 
 
@@ -225,6 +227,27 @@ def _run_ranges(function: Callable[[int, int, int], None], ranges: list[tuple[in
                                            thread_name_prefix="lp_dist")
     for future in [_pool.submit(function, k, lo, hi) for k, (lo, hi) in enumerate(ranges)]:
         future.result()
+
+
+def all_finite(*tensors: Tensor) -> bool:
+    """Whether no value is NaN or ±inf, scanned on this module's threads: a torch reduction here
+    would leave OpenMP's threads spinning through the kernel that follows (p = ∞'s forward took
+    28 ms instead of 20 after a torch.sum on 2 cores)."""
+    lib = _get()
+    assert lib is not None
+    flags: list[bool] = []
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        flat = t.detach().reshape(-1)
+        flat = flat if flat.is_contiguous() else flat.contiguous()
+        ranges = _ranges(flat.numel(), float(flat.numel()) * 64, 1 << 12)  # ~64× cheaper per float
+
+        def scan(_: int, lo: int, hi: int, flat: Tensor = flat) -> None:
+            flags.append(bool(lib.lp_all_finite(ctypes.c_void_p(flat.data_ptr() + 4 * lo), hi - lo)))
+
+        _run_ranges(scan, ranges)
+    return all(flags)
 
 
 def forward(x: Tensor, w: Tensor, p: float) -> Tensor:

@@ -284,6 +284,18 @@ void lp_power(const float *z, float *out, int64_t n, float c, int64_t CI) {
 #undef POWER
 }
 
+/* 1 if every one of n floats is finite (exponent bits not all ones), else 0: the caller sends calls
+ * with NaN or ±inf to eager, whose results carry them; the kernels here work on the bits. */
+int lp_all_finite(const float *p, int64_t n) {
+    const vi exponent = (vi){0} + 0x7F800000;
+    vi bad = (vi){0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) bad |= ((vi)load(p + i) & exponent) == exponent;
+    int any_bad = any(bad);
+    for (; i < n; i++) any_bad |= !isfinite(p[i]);
+    return !any_bad;
+}
+
 /* ---------------------------------------------------------------- finite p, forward
  * y[b, o] = m·(Σ_i (|d_i|/m)^p)^(1/p), m = max(max_i |d_i|, 1e-10): the normalized form at every
  * p (no overflow); for p <= 10 the result is then raised to FLT_MIN^(1/p), the floor of the
