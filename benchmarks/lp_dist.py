@@ -10,6 +10,8 @@ costs B·CO·CI element-ops) of:
              kernels at every p, as before the native ones existed
   log-exp    on the CPU, the native kernels with every power by log2 then exp2: as before the
              table route for p < 60 (AVX-512 only; elsewhere the same as ours)
+  threads    on the CPU, the native kernels with their ranges on Python threads, not on torch's
+             OpenMP threads (where torch runs on libgomp; elsewhere the same as ours)
   eager      lp_dist(backend="eager"), the chunked PyTorch backend
   cdist      torch.cdist(x, w, p)
   reference  the naive broadcast reference (materializes B×CO×CI; skipped when too big)
@@ -174,6 +176,7 @@ def implementations(args: argparse.Namespace, device: torch.device,
         "eager": lambda a, b, p: lp_dist(a, b, p, backend="eager"),
         "inductor": compiled_within(native.disabled),
         "log-exp": compiled_within(native.log_exp_powers),
+        "threads": compiled_within(native.separate_threads),
         "cdist": lambda a, b, p: torch.cdist(a, b, p=p),
         "reference": lp_dist_reference,
     }
@@ -199,6 +202,7 @@ def implementations(args: argparse.Namespace, device: torch.device,
     if device.type != "cpu":
         impls.pop("inductor")
         impls.pop("log-exp")
+        impls.pop("threads")
     return {name: fn for name, fn in impls.items() if name.split("[")[0] in args.impls}
 
 
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for p in args.p:
         for name, op in impls.items():
-            rows = args.batch if name.startswith(("ours", "inductor", "log-exp", "triton")) else baseline_rows
+            full = name.startswith(("ours", "inductor", "log-exp", "threads", "triton"))
+            rows = args.batch if full else baseline_rows
             x = x_full[:rows].contiguous()
             element_ops = rows * co * ci
             if name == "reference":

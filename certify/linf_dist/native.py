@@ -6,9 +6,13 @@ selects and a second normalization pass. ``native_kernels.c`` evaluates each ter
 it to both gradients, and runs at the machine's full vector width (AVX-512 where present). It is
 plain C with no Python or torch headers: compiled with the system C compiler on first use (about 3
 seconds), cached under ``$CERTIFY_CACHE`` (default ``~/.cache/certify``) by a hash of the source,
-the flags, the compiler and the CPU. ctypes releases the GIL, so ranges of rows run on
-``torch.get_num_threads()`` Python threads. Where no compiler works, ``available`` says so once and
-the compiled (inductor) kernels serve every p as before.
+the flags, the compiler and the CPU. Calls are split into ``torch.get_num_threads()`` ranges of
+rows. Where torch runs on libgomp, the library is built with OpenMP and shares torch's runtime, so
+the ranges run on torch's own threads: those spin for milliseconds after every torch operation,
+and run beside ours they took a third of the cores' time (p = 8.5 training steps 1.7× slower).
+Elsewhere ctypes releases the GIL and the ranges run on this module's Python threads. Where no
+compiler works, ``available`` says so once and the compiled (inductor) kernels serve every p as
+before.
 
 Same contract and numerics as ``certify.linf_dist.eager`` within float32 tolerances, with one
 deliberate difference: the forward uses the normalized form ``m·(Σ(|d|/m)^p)^(1/p)`` at every p
@@ -29,6 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +56,7 @@ INF_ACROSS_OUTPUTS_BELOW = 512
 _PARALLEL_WORK = 1 << 20
 
 _lock = threading.Lock()
+_openmp = False  # the library runs its ranges on torch's own OpenMP threads
 _library: ctypes.CDLL | None = None
 _state: str | None = None  # None: not tried; "ok"; or why it is unavailable
 _pool: ThreadPoolExecutor | None = None
@@ -70,15 +76,33 @@ def _compiler() -> str:
     return os.environ.get("CC", "cc")
 
 
-def library_path() -> Path:
-    """Where the shared library for this source, compiler and CPU is (or will be) cached."""
+def torch_openmp() -> str | None:
+    """The path of the libgomp torch loaded (its intra-op threads), or None: another runtime (Intel's
+    on some builds), none, or a system without /proc."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = {line.split()[-1] for line in maps.splitlines() if "/libgomp" in line}
+    return next(iter(sorted(paths)), None)
+
+
+def build_flags() -> tuple[str, ...]:
+    """The compiler flags: with OpenMP where torch runs on libgomp."""
+    return (*FLAGS, "-fopenmp") if torch_openmp() is not None else FLAGS
+
+
+def library_path(flags: tuple[str, ...] | None = None) -> Path:
+    """Where the shared library for this source, the flags (default ``build_flags()``), compiler
+    and CPU is (or will be) cached."""
+    flags = build_flags() if flags is None else flags
     compiler = _compiler()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = "?"
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), compiler, version,
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(flags), compiler, version,
                                     _cpu_description()]).encode()).hexdigest()[:16]
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "certify")
     return root / "native" / f"lp_dist_{key}.so"
@@ -89,14 +113,14 @@ def _fallback_path(path: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"certify-native-{os.getuid() if hasattr(os, 'getuid') else 0}" / path.name
 
 
-def _build(target: Path) -> None:
+def _build(target: Path, flags: tuple[str, ...]) -> None:
     """Compile into a temporary file beside ``target``, then rename: concurrent processes (torchrun
     ranks) each build or find a complete library, never a half-written one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([_compiler(), *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+        result = subprocess.run([_compiler(), *flags, "-o", tmp, str(SOURCE), "-lm"],
                                 capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise RuntimeError((result.stderr.strip().splitlines() or ["no output"])[0])
@@ -106,32 +130,61 @@ def _build(target: Path) -> None:
             os.unlink(tmp)
 
 
-def _load() -> ctypes.CDLL:
-    path = library_path()
+def _open(flags: tuple[str, ...]) -> ctypes.CDLL:
+    path = library_path(flags)
     if not path.exists():
         try:
-            _build(path)
+            _build(path, flags)
         except OSError:  # no writable cache (a read-only home on a cluster node, say)
             path = _fallback_path(path)
             if not path.exists():
-                _build(path)
-    lib = ctypes.CDLL(str(path))
+                _build(path, flags)
+    return ctypes.CDLL(str(path))
+
+
+def _load() -> ctypes.CDLL:
+    """The library, built with OpenMP where torch runs on libgomp (its DT_NEEDED libgomp.so.1 then
+    resolves to torch's already loaded copy), else, or if that fails, without."""
+    global _openmp
+    lib = None
+    if build_flags() != FLAGS:
+        try:
+            lib = _open(build_flags())
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            lib = None
+    if lib is None:
+        lib = _open(FLAGS)
+    lib.lp_openmp_symbol.restype = ctypes.c_void_p
+    _openmp = _shares_torch_openmp(lib)
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    ranges: list[Any] = [ptr, ptr, i64, i64]  # lo, hi, first, count
     lib.lp_row_multiple.restype = ctypes.c_int
-    lib.lp_forward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32]
+    lib.lp_forward.argtypes = [ptr, ptr, ptr, i64, i64, f32, *ranges]
     lib.lp_lanes.restype = ctypes.c_int
-    lib.lp_forward_inf.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64]
-    lib.lp_forward_inf_t.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
-    lib.lp_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, f32, f32]
-    lib.lp_backward_inf_x.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64]
-    lib.lp_backward_inf_w.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64]
+    lib.lp_forward_inf.argtypes = [ptr, ptr, ptr, ptr, i64, i64, *ranges]
+    lib.lp_forward_inf_t.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, *ranges]
+    lib.lp_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, f32, f32, *ranges]
+    lib.lp_backward_inf_x.argtypes = [ptr, ptr, ptr, i64, i64, *ranges]
+    lib.lp_backward_inf_w.argtypes = [ptr, ptr, ptr, i64, i64, i64, *ranges]
     lib.lp_power_degree.argtypes = [f32, i64]
     lib.lp_power_degree.restype = ctypes.c_int
     lib.lp_power.argtypes = [ptr, ptr, i64, f32, i64]
     lib.lp_set_power_tables.argtypes = [ctypes.c_int]
-    lib.lp_all_finite.argtypes = [ptr, i64]
+    lib.lp_all_finite.argtypes = [ptr, *ranges]
     lib.lp_all_finite.restype = ctypes.c_int
     return lib
+
+
+def _shares_torch_openmp(lib: ctypes.CDLL) -> bool:
+    """Whether the library's omp_get_max_threads is the one in torch's libgomp (one runtime)."""
+    path, ours = torch_openmp(), lib.lp_openmp_symbol()
+    if path is None or not ours:
+        return False
+    try:
+        theirs = ctypes.cast(ctypes.CDLL(path).omp_get_max_threads, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    return theirs == ours
 
 
 def _get() -> ctypes.CDLL | None:
@@ -187,6 +240,18 @@ def log_exp_powers() -> Iterator[None]:
             lib.lp_set_power_tables(1)
 
 
+@contextlib.contextmanager
+def separate_threads() -> Iterator[None]:
+    """Run the block with the ranges on this module's Python threads even where the library
+    shares torch's OpenMP runtime (the benchmarks' same-process comparison). Not thread-safe."""
+    global _openmp
+    saved, _openmp = _openmp, False
+    try:
+        yield
+    finally:
+        _openmp = saved
+
+
 def unavailable_reason() -> str | None:
     """Why the native kernels are not used (None when they are, or have not been tried)."""
     return None if _state in (None, "ok") else _state
@@ -214,40 +279,39 @@ def _ranges(n: int, work: float, multiple: int = 4) -> list[tuple[int, int]]:
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
-def _run_ranges(function: Callable[[int, int, int], None], ranges: list[tuple[int, int]]) -> None:
-    """Call ``function(k, lo, hi)`` for the k-th range, in parallel when there are several."""
+def _run_ranges(kernel: Callable[..., Any], args: tuple[Any, ...], ranges: list[tuple[int, int]]) -> Any:
+    """``kernel(*args, lo, hi, first, count)`` over the ranges: one call where the library shares
+    torch's OpenMP runtime (its threads then run them), else one call per range on this module's
+    threads. Returns the results of the calls."""
     global _pool
-    if len(ranges) == 1:
-        function(0, *ranges[0])
-        return
+    n = len(ranges)
+    lo = (ctypes.c_int64 * n)(*(r[0] for r in ranges))
+    hi = (ctypes.c_int64 * n)(*(r[1] for r in ranges))
+    if n == 1 or _openmp:
+        return [kernel(*args, lo, hi, 0, n)]
     if _pool is None:
         with _lock:
             if _pool is None:
                 _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
                                            thread_name_prefix="lp_dist")
-    for future in [_pool.submit(function, k, lo, hi) for k, (lo, hi) in enumerate(ranges)]:
-        future.result()
+    return [f.result() for f in [_pool.submit(kernel, *args, lo, hi, k, 1) for k in range(n)]]
 
 
 def all_finite(*tensors: Tensor) -> bool:
-    """Whether no value is NaN or ±inf, scanned on this module's threads: a torch reduction here
-    would leave OpenMP's threads spinning through the kernel that follows (p = ∞'s forward took
-    28 ms instead of 20 after a torch.sum on 2 cores)."""
+    """Whether no value is NaN or ±inf, scanned by the library: a torch reduction here would leave
+    OpenMP's threads spinning through the kernel that follows (p = ∞'s forward took 28 ms instead
+    of 20 after a torch.sum on 2 cores)."""
     lib = _get()
     assert lib is not None
-    flags: list[bool] = []
     for t in tensors:
         if t.numel() == 0:
             continue
         flat = t.detach().reshape(-1)
         flat = flat if flat.is_contiguous() else flat.contiguous()
         ranges = _ranges(flat.numel(), float(flat.numel()) * 64, 1 << 12)  # ~64× cheaper per float
-
-        def scan(_: int, lo: int, hi: int, flat: Tensor = flat) -> None:
-            flags.append(bool(lib.lp_all_finite(ctypes.c_void_p(flat.data_ptr() + 4 * lo), hi - lo)))
-
-        _run_ranges(scan, ranges)
-    return all(flags)
+        if not all(_run_ranges(lib.lp_all_finite, (_address(flat),), ranges)):
+            return False
+    return True
 
 
 def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
@@ -258,8 +322,8 @@ def forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     xp, wp = _padded(x, multiple), _padded(w, multiple)
     y = x.new_empty(x.shape[0], w.shape[0])
     ranges = _ranges(x.shape[0], float(x.numel()) * w.shape[0])
-    _run_ranges(lambda _, lo, hi: lib.lp_forward(_address(xp), _address(wp), _address(y), w.shape[0],
-                                              xp.shape[1], lo, hi, p), ranges)
+    _run_ranges(lib.lp_forward, (_address(xp), _address(wp), _address(y), w.shape[0], xp.shape[1], p),
+                ranges)
     usage.record("native")
     return y
 
@@ -277,12 +341,11 @@ def forward_inf(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor 
     co = w.shape[0]
     if with_index and x.shape[1] <= INF_ACROSS_OUTPUTS_BELOW:
         wt = F.pad(wp, (0, 0, 0, -co % lib.lp_lanes())).t().contiguous()  # (CI, CO padded)
-        _run_ranges(lambda _, lo, hi: lib.lp_forward_inf_t(
-            _address(xp), _address(wt), _address(wp), _address(y), where, co, wt.shape[1],
-            xp.shape[1], lo, hi), ranges)
+        _run_ranges(lib.lp_forward_inf_t, (_address(xp), _address(wt), _address(wp), _address(y),
+                                           where, co, wt.shape[1], xp.shape[1]), ranges)
     else:
-        _run_ranges(lambda _, lo, hi: lib.lp_forward_inf(_address(xp), _address(wp), _address(y),
-                                                      where, co, xp.shape[1], lo, hi), ranges)
+        _run_ranges(lib.lp_forward_inf, (_address(xp), _address(wp), _address(y), where, co,
+                                         xp.shape[1]), ranges)
     usage.record("native")
     return y, index
 
@@ -300,13 +363,10 @@ def backward(x: Tensor, w: Tensor, y: Tensor, grad_y: Tensor, p: float) -> tuple
     ranges = _ranges(w.shape[0], float(x.numel()) * w.shape[0])
     partial = torch.zeros(len(ranges), *xp.shape)
     grad_w = torch.zeros_like(wp)
-
-    def run(k: int, lo: int, hi: int) -> None:
-        lib.lp_backward(_address(xp), _address(wp), _address(r), _address(g), _address(partial[k]),
-                        _address(grad_w), x.shape[0], w.shape[0], xp.shape[1], lo, hi, p - 1.0,
-                        BACKWARD_MIN_EXP2)
-
-    _run_ranges(run, ranges)
+    _run_ranges(lib.lp_backward, (_address(xp), _address(wp), _address(r), _address(g),
+                                  _address(partial), partial[0].numel(), _address(grad_w),
+                                  x.shape[0], w.shape[0], xp.shape[1], p - 1.0, BACKWARD_MIN_EXP2),
+                ranges)
     usage.record("native")
     ci = x.shape[1]
     return partial.sum(0)[:, :ci].contiguous(), grad_w[:, :ci].contiguous()
@@ -341,9 +401,9 @@ def backward_inf(index: Tensor, grad_y: Tensor, x_shape: torch.Size,
     grad_x, grad_w = g.new_zeros(x_shape), g.new_zeros(w_shape)
     (b, co), ci = index.shape, x_shape[1]
     work = 8.0 * b * co  # a scattered update costs ~8 element-ops of the forward
-    _run_ranges(lambda _, lo, hi: lib.lp_backward_inf_x(_address(index), _address(g), _address(grad_x),
-                                                        co, ci, lo, hi), _ranges(b, work, 1))
-    _run_ranges(lambda _, lo, hi: lib.lp_backward_inf_w(_address(index), _address(g), _address(grad_w),
-                                                        b, co, ci, lo, hi), _ranges(co, work, 1))
+    _run_ranges(lib.lp_backward_inf_x, (_address(index), _address(g), _address(grad_x), co, ci),
+                _ranges(b, work, 1))
+    _run_ranges(lib.lp_backward_inf_w, (_address(index), _address(g), _address(grad_w), b, co, ci),
+                _ranges(co, work, 1))
     usage.record("native")
     return grad_x, grad_w

@@ -284,10 +284,12 @@ void lp_power(const float *z, float *out, int64_t n, float c, int64_t CI) {
 #undef POWER
 }
 
-/* 1 if every one of n floats is finite (exponent bits not all ones), else 0: the caller sends calls
- * with NaN or ±inf to eager, whose results carry them; the kernels here work on the bits. */
-int lp_all_finite(const float *p, int64_t n) {
+/* 1 if every float of p[lo..hi) is finite (exponent bits not all ones), else 0: the caller sends
+ * calls with NaN or ±inf to eager, whose results carry them; the kernels here work on the bits. */
+static int all_finite_range(const float *p, int64_t lo, int64_t hi) {
     const vi exponent = (vi){0} + 0x7F800000;
+    int64_t n = hi - lo;
+    p += lo;
     vi bad = (vi){0};
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES) bad |= ((vi)load(p + i) & exponent) == exponent;
@@ -336,7 +338,7 @@ static inline __attribute__((always_inline)) void forward_rows(
     }
 }
 
-void lp_forward(const float *x, const float *w, float *y, int64_t CO, int64_t CI, int64_t b0,
+static void forward_range(const float *x, const float *w, float *y, int64_t CO, int64_t CI, int64_t b0,
                 int64_t b1, float p) {
     float floor_y = p <= 10.0f ? powf(FLT_MIN_, 1.0f / p) : 0.0f;
     pow_plan plan;
@@ -403,7 +405,7 @@ static inline void forward_inf_rows(const float *x, const float *w, float *y, in
     }
 }
 
-void lp_forward_inf(const float *x, const float *w, float *y, int64_t *index, int64_t CO,
+static void forward_inf_range(const float *x, const float *w, float *y, int64_t *index, int64_t CO,
                     int64_t CI, int64_t b0, int64_t b1) {
     int64_t b = b0;
     for (; b + ROWS <= b1; b += ROWS) forward_inf_rows(x, w, y, index, CO, CI, b, ROWS);
@@ -449,7 +451,7 @@ static inline __attribute__((always_inline)) void backward_rows(
     }
 }
 
-void lp_backward(const float *x, const float *w, const float *r, const float *g, float *gx,
+static void backward_range(const float *x, const float *w, const float *r, const float *g, float *gx,
                  float *gw, int64_t B, int64_t CO, int64_t CI, int64_t o0, int64_t o1, float pm1,
                  float min_exp) {
     pow_plan plan;
@@ -498,7 +500,7 @@ static inline void forward_inf_cols(const float *x, const float *wt, const float
         }
 }
 
-void lp_forward_inf_t(const float *x, const float *wt, const float *w, float *y, int64_t *index,
+static void forward_inf_t_range(const float *x, const float *wt, const float *w, float *y, int64_t *index,
                     int64_t CO, int64_t COP, int64_t CI, int64_t b0, int64_t b1) {
     for (int64_t o = 0; o < CO; o += LANES) {
         int64_t b = b0;
@@ -511,7 +513,7 @@ void lp_forward_inf_t(const float *x, const float *wt, const float *w, float *y,
  * Each output's gradient goes to its first maximal coordinate, with the sign folded into the
  * index (i, or −(i + 1) where d_i < 0): grad_x[b, i] += ±g[b, o] for rows b0..b1, and, in a second
  * call split by outputs so that threads own their rows, grad_w[o, i] −= ±g[b, o] for o0..o1. */
-void lp_backward_inf_x(const int64_t *index, const float *g, float *gx, int64_t CO, int64_t CI,
+static void backward_inf_x_range(const int64_t *index, const float *g, float *gx, int64_t CO, int64_t CI,
                        int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; b++)
         for (int64_t o = 0; o < CO; o++) {
@@ -522,7 +524,7 @@ void lp_backward_inf_x(const int64_t *index, const float *g, float *gx, int64_t 
         }
 }
 
-void lp_backward_inf_w(const int64_t *index, const float *g, float *gw, int64_t B, int64_t CO,
+static void backward_inf_w_range(const int64_t *index, const float *g, float *gw, int64_t B, int64_t CO,
                        int64_t CI, int64_t o0, int64_t o1) {
     for (int64_t b = 0; b < B; b++)
         for (int64_t o = o0; o < o1; o++) {
@@ -531,4 +533,64 @@ void lp_backward_inf_w(const int64_t *index, const float *g, float *gw, int64_t 
             if (c < 0) { c = -c - 1; v = -v; }
             gw[o * CI + c] -= v;
         }
+}
+
+/* ---------------------------------------------------------------- entry points
+ * Each runs ranges first..first+count−1 of the arrays lo/hi (rows b or outputs o, or floats for
+ * lp_all_finite). Built with OpenMP against the runtime torch itself loaded (see native.py), one
+ * call runs them all on torch's own threads: those threads would otherwise spin for a few ms
+ * after every torch operation, on the cores the kernels need. Without OpenMP, or with another
+ * runtime, Python calls each range (count = 1) from its own threads. The backward's range k
+ * writes its grad_x partial sum at gx + k·gx_stride. */
+#ifdef _OPENMP
+#include <omp.h>
+#define EACH_RANGE _Pragma("omp parallel for schedule(static, 1) num_threads((int)count)") \
+    for (int64_t k = first; k < first + count; k++)
+/* The address of omp_get_max_threads as this library resolved it: equal to the one in torch's
+ * libgomp when both share one runtime. */
+void *lp_openmp_symbol(void) { return (void *)&omp_get_max_threads; }
+#else
+#define EACH_RANGE for (int64_t k = first; k < first + count; k++)
+void *lp_openmp_symbol(void) { return 0; }
+#endif
+
+void lp_forward(const float *x, const float *w, float *y, int64_t CO, int64_t CI, float p,
+                const int64_t *lo, const int64_t *hi, int64_t first, int64_t count) {
+    EACH_RANGE forward_range(x, w, y, CO, CI, lo[k], hi[k], p);
+}
+
+void lp_forward_inf(const float *x, const float *w, float *y, int64_t *index, int64_t CO,
+                    int64_t CI, const int64_t *lo, const int64_t *hi, int64_t first, int64_t count) {
+    EACH_RANGE forward_inf_range(x, w, y, index, CO, CI, lo[k], hi[k]);
+}
+
+void lp_forward_inf_t(const float *x, const float *wt, const float *w, float *y, int64_t *index,
+                      int64_t CO, int64_t COP, int64_t CI, const int64_t *lo, const int64_t *hi,
+                      int64_t first, int64_t count) {
+    EACH_RANGE forward_inf_t_range(x, wt, w, y, index, CO, COP, CI, lo[k], hi[k]);
+}
+
+void lp_backward(const float *x, const float *w, const float *r, const float *g, float *gx,
+                 int64_t gx_stride, float *gw, int64_t B, int64_t CO, int64_t CI, float pm1,
+                 float min_exp, const int64_t *lo, const int64_t *hi, int64_t first, int64_t count) {
+    EACH_RANGE backward_range(x, w, r, g, gx + k * gx_stride, gw, B, CO, CI, lo[k], hi[k], pm1, min_exp);
+}
+
+void lp_backward_inf_x(const int64_t *index, const float *g, float *gx, int64_t CO, int64_t CI,
+                       const int64_t *lo, const int64_t *hi, int64_t first, int64_t count) {
+    EACH_RANGE backward_inf_x_range(index, g, gx, CO, CI, lo[k], hi[k]);
+}
+
+void lp_backward_inf_w(const int64_t *index, const float *g, float *gw, int64_t B, int64_t CO,
+                       int64_t CI, const int64_t *lo, const int64_t *hi, int64_t first, int64_t count) {
+    EACH_RANGE backward_inf_w_range(index, g, gw, B, CO, CI, lo[k], hi[k]);
+}
+
+int lp_all_finite(const float *p, const int64_t *lo, const int64_t *hi, int64_t first, int64_t count) {
+    int ok = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads((int)count) reduction(&: ok)
+#endif
+    for (int64_t k = first; k < first + count; k++) ok &= all_finite_range(p, lo[k], hi[k]);
+    return ok;
 }
