@@ -347,3 +347,27 @@ def test_unwritable_outputs_fail_before_any_work(fake_fmnist, tmp_path, monkeypa
     with pytest.raises(UserError, match=r"cannot write log .*m.jsonl: directory .*locked is not writable"):
         train(config(fake_fmnist), tmp_path / "m.pt", progress=False, log=quiet, log_path=locked / "m.jsonl")
     assert built == []  # no model was built, no data loaded
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_epoch(fake_fmnist, tmp_path, monkeypatch):
+    """A loss that turns NaN in epoch 2 stops training there, with a message naming the epoch and
+    the learning rate, and the checkpoint still holds epoch 1; a learning rate of 1e30 blows up
+    for real in epoch 1, and nothing is saved."""
+    original = GaussianAugmentation.loss
+
+    def loss_nan_in_epoch_2(self, model, x, y, epoch):
+        value, stats = original(self, model, x, y, epoch)
+        return (value * float("nan") if epoch == 1 else value), stats
+
+    monkeypatch.setattr(GaussianAugmentation, "loss", loss_nan_in_epoch_2)
+    with pytest.raises(UserError, match=r"^training diverged: the loss was nan at epoch 2, batch 1 of 5, "
+                                        r"learning rate 0.025: .*m\.pt keeps epoch 1; "
+                                        r"train afresh \(--force\) with a lower --lr"):
+        train(config(fake_fmnist), tmp_path / "m.pt", progress=False, log=quiet)
+    kept = load_checkpoint(tmp_path / "m.pt")
+    assert kept.epoch == 1
+    assert all(torch.isfinite(v).all() for v in kept.state_dict.values() if v.is_floating_point())
+    monkeypatch.setattr(GaussianAugmentation, "loss", original)
+    with pytest.raises(UserError, match=r"loss was (nan|inf) at epoch 1, .*: nothing was saved; train again with"):
+        train(config(fake_fmnist, lr=1e30), tmp_path / "n.pt", progress=False, log=quiet)
+    assert not (tmp_path / "n.pt").exists()

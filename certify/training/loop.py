@@ -15,6 +15,7 @@ and writes the checkpoint and the JSON-lines log while the others wait at a barr
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -129,9 +130,14 @@ def _train(config: TrainConfig, out: Path, objective: Objective, dist_info: Dist
         for component in components:
             weights = component.example_weights() if weights is None else weights
         loader = _loader(train_set, config, epoch, sampler, weights)
-        sums, scheduled = _train_epoch(model, objective, loader, optimizer,
-                                       scheduler, epoch, device, config, f"epoch {epoch + 1}/{config.epochs}",
-                                       progress, data.batch_augment)
+        try:
+            sums, scheduled = _train_epoch(model, objective, loader, optimizer, scheduler, epoch,
+                                           device, config, f"epoch {epoch + 1}/{config.epochs}",
+                                           progress, data.batch_augment)
+        except Diverged as diverged:
+            advice = (f"{out} keeps epoch {epoch}; train afresh (--force)" if epoch > 0
+                      else "nothing was saved; train again")
+            raise UserError(f"{diverged}: {advice} with a lower --lr or a gentler schedule") from None
         if not per_step(config.schedule):
             scheduler.step()
         seconds = time.perf_counter() - t0
@@ -180,6 +186,11 @@ def _train(config: TrainConfig, out: Path, objective: Objective, dist_info: Dist
         ckpt = load_checkpoint(out)
         log(f"{out} already trained for {ckpt.epoch} epochs; raise --epochs to train longer")
     return ckpt
+
+
+class Diverged(Exception):
+    """A non-finite training loss: the weights are lost from then on, so training stops there
+    rather than running on in NaN (as the reference scripts do)."""
 
 
 def _loader(train_set: Any, config: TrainConfig, epoch: int, sampler: DistributedSampler | None,
@@ -232,7 +243,12 @@ def _train_epoch(model: nn.Module, objective: Objective, loader: DataLoader, opt
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                _accumulate(sums, loss.item(), stats, len(yc))
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise Diverged(f"training diverged: the loss was {value} at epoch {epoch + 1}, "
+                                   f"batch {batch_index + 1} of {len(loader)}, learning rate "
+                                   f"{optimizer.param_groups[0]['lr']:g}")
+                _accumulate(sums, value, stats, len(yc))
             if stepwise:
                 scheduler.step()
             bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", refresh=False,
