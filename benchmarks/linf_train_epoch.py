@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.randint(0, 10, (args.batch,), generator=gen)) for _ in range(args.steps)]
     print(f"linf_dist_net depth 5 width {args.width}, batch {args.batch}, {args.steps} steps per "
           f"measurement, median of {args.repeats}, {torch.get_num_threads()} threads, "
-          f"native kernels: {'yes' if native.available(torch.zeros(1)) else native.unavailable_reason()}")
+          f"native kernels: {native.parallelism()}")
     settings = {"native": contextlib.nullcontext, "threads": native.separate_threads,
                 "log-exp": native.log_exp_powers, "compiled": native.disabled}
     rows = []

@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
           f"B={args.batch} CI={ci} CO={co}, median of {args.repeats}, {args.clock} clock")
     if baseline_rows < args.batch:
         print(f"eager, cdist and reference run on the first {baseline_rows} rows")
+    if device.type == "cpu":
+        print(f"native kernels: {native.parallelism()}")
 
     records = []
     for p in args.p:

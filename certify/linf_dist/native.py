@@ -9,7 +9,7 @@ seconds), cached under ``$CERTIFY_CACHE`` (default ``~/.cache/certify``) by a ha
 the flags, the compiler and the CPU. Calls are split into ``torch.get_num_threads()`` ranges of
 rows. Where torch runs on libgomp, the library is built with OpenMP and shares torch's runtime, so
 the ranges run on torch's own threads: those spin for milliseconds after every torch operation,
-and run beside ours they took a third of the cores' time (p = 8.5 training steps 1.7× slower).
+and run beside ours they took a third of the cores' time (p = 8.5 training steps 1.65× slower).
 Elsewhere ctypes releases the GIL and the ranges run on this module's Python threads. Where no
 compiler works, ``available`` says so once and the compiled (inductor) kernels serve every p as
 before.
@@ -57,6 +57,7 @@ _PARALLEL_WORK = 1 << 20
 
 _lock = threading.Lock()
 _openmp = False  # the library runs its ranges on torch's own OpenMP threads
+_parallelism = "not loaded"
 _library: ctypes.CDLL | None = None
 _state: str | None = None  # None: not tried; "ok"; or why it is unavailable
 _pool: ThreadPoolExecutor | None = None
@@ -76,15 +77,34 @@ def _compiler() -> str:
     return os.environ.get("CC", "cc")
 
 
-def torch_openmp() -> str | None:
-    """The path of the libgomp torch loaded (its intra-op threads), or None: another runtime (Intel's
-    on some builds), none, or a system without /proc."""
+def _torch_omp_symbol() -> int | None:
+    """The address of the omp_get_max_threads torch itself calls (looked up from libtorch_cpu's
+    handle, which searches its own dependencies), or None without one (no OpenMP, another
+    platform's library names)."""
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
-        maps = Path("/proc/self/maps").read_text()
+        return ctypes.cast(ctypes.CDLL(str(library)).omp_get_max_threads, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+def torch_openmp() -> str | None:
+    """The path of the libgomp torch runs its intra-op threads on, or None: Intel's OpenMP (some
+    builds), none, or no /proc to tell. Found as the mapped file holding torch's
+    omp_get_max_threads, so another package's copy of libgomp is not mistaken for it."""
+    address = _torch_omp_symbol()
+    if address is None:
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
-    paths = {line.split()[-1] for line in maps.splitlines() if "/libgomp" in line}
-    return next(iter(sorted(paths)), None)
+    for line in maps:
+        fields = line.split()
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if start <= address < end and len(fields) >= 6:
+            return fields[5] if Path(fields[5]).name.startswith("libgomp") else None
+    return None
 
 
 def build_flags() -> tuple[str, ...]:
@@ -132,6 +152,9 @@ def _build(target: Path, flags: tuple[str, ...]) -> None:
 
 def _open(flags: tuple[str, ...]) -> ctypes.CDLL:
     path = library_path(flags)
+    failed = path.with_suffix(".failed")  # a build that failed once is not retried by every process
+    if failed.exists():
+        raise RuntimeError(failed.read_text().strip() or "an earlier build failed")
     if not path.exists():
         try:
             _build(path, flags)
@@ -139,23 +162,34 @@ def _open(flags: tuple[str, ...]) -> ctypes.CDLL:
             path = _fallback_path(path)
             if not path.exists():
                 _build(path, flags)
+        except RuntimeError as error:
+            if "-fopenmp" in flags:  # the plain build is still tried, and its failure reported
+                with contextlib.suppress(OSError):
+                    failed.parent.mkdir(parents=True, exist_ok=True)
+                    failed.write_text(str(error))
+            raise
     return ctypes.CDLL(str(path))
 
 
 def _load() -> ctypes.CDLL:
-    """The library, built with OpenMP where torch runs on libgomp (its DT_NEEDED libgomp.so.1 then
-    resolves to torch's already loaded copy), else, or if that fails, without."""
-    global _openmp
-    lib = None
+    """The library, built with OpenMP where torch runs on libgomp and loaded only if it then shares
+    torch's runtime (its DT_NEEDED libgomp.so.1 resolves to torch's copy when that has the same
+    soname); otherwise, or if that build fails, the plain build, on Python threads."""
+    global _openmp, _parallelism
+    lib, _openmp = None, False
+    _parallelism = "Python threads (torch does not run on libgomp)"
     if build_flags() != FLAGS:
         try:
-            lib = _open(build_flags())
-        except (OSError, RuntimeError, subprocess.SubprocessError):
-            lib = None
+            candidate = _open(build_flags())
+            candidate.lp_openmp_symbol.restype = ctypes.c_void_p
+            if candidate.lp_openmp_symbol() == _torch_omp_symbol():
+                lib, _openmp, _parallelism = candidate, True, "OpenMP (torch's threads)"
+            else:
+                _parallelism = "Python threads (the OpenMP build did not resolve to torch's libgomp)"
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            _parallelism = f"Python threads (the OpenMP build failed: {error})"
     if lib is None:
         lib = _open(FLAGS)
-    lib.lp_openmp_symbol.restype = ctypes.c_void_p
-    _openmp = _shares_torch_openmp(lib)
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     ranges: list[Any] = [ptr, ptr, i64, i64]  # lo, hi, first, count
     lib.lp_row_multiple.restype = ctypes.c_int
@@ -175,16 +209,10 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
-def _shares_torch_openmp(lib: ctypes.CDLL) -> bool:
-    """Whether the library's omp_get_max_threads is the one in torch's libgomp (one runtime)."""
-    path, ours = torch_openmp(), lib.lp_openmp_symbol()
-    if path is None or not ours:
-        return False
-    try:
-        theirs = ctypes.cast(ctypes.CDLL(path).omp_get_max_threads, ctypes.c_void_p).value
-    except (OSError, AttributeError):
-        return False
-    return theirs == ours
+def parallelism() -> str:
+    """How the kernels run their ranges: on torch's OpenMP threads, or on Python threads and why
+    (or why there are no native kernels)."""
+    return _parallelism if _get() is not None else f"unavailable ({_state})"
 
 
 def _get() -> ctypes.CDLL | None:
@@ -271,12 +299,24 @@ def _address(t: Tensor) -> ctypes.c_void_p:
 
 def _ranges(n: int, work: float, multiple: int = 4) -> list[tuple[int, int]]:
     """Split 0..n into one contiguous range per thread (boundaries on ``multiple``, the kernels'
-    row block), or a single range for small calls."""
+    row block), or a single range for small calls (an empty one for n = 0)."""
+    if n == 0:
+        return [(0, 0)]
     threads = torch.get_num_threads() if work >= _PARALLEL_WORK else 1
     parts = max(1, min(threads, n // multiple))
     step = -(-n // parts)
     step = -(-step // multiple) * multiple
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+def _forget_pool() -> None:
+    """In a forked child the parent's pool threads do not exist; a new pool starts on demand."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _run_ranges(kernel: Callable[..., Any], args: tuple[Any, ...], ranges: list[tuple[int, int]]) -> Any:

@@ -1,15 +1,17 @@
 /* Native float32 CPU kernels of lp_dist for general p and p = ∞ (see certify/linf_dist/native.py).
  *
  * Plain C with GCC vector extensions (LANES floats: 16 with AVX-512, else 8), no Python or torch
- * headers, so it compiles in a few seconds. Every function takes a range of rows (b0..b1 or
- * o0..o1): the caller runs ranges on several threads. Rows have CI floats, a multiple of
- * lp_row_multiple() (the caller pads with zeros: a padded coordinate has d = 0 and adds nothing).
+ * headers, so it compiles in a few seconds. Each kernel works on a range of rows (b0..b1 or
+ * o0..o1); the entry points at the end take arrays of ranges and run them on OpenMP threads or
+ * one per call (see there). Rows have CI floats, a multiple of lp_row_multiple() (the caller pads
+ * with zeros: a padded coordinate has d = 0 and adds nothing, or at most 2^-(E−1)p by table).
  *
  * z^p is 2^(p·log2 z): log2 from the float's bits and a polynomial (as the compiled kernels do),
  * 2^v from a polynomial times 2^n built in the exponent bits; for p < SPARSE_P with AVX-512, a
- * table and a polynomial fitted per call instead (vpow_table, about half the operations). Exponents below min_exp are raised
- * to it, so every term is a normal float (denormals would cost microcode assists); such a term is
- * at most 2^-100 of the largest one, nothing in any sum or gradient.
+ * table and a polynomial fitted for that p instead (vpow_table, about half the operations).
+ * Exponents below min_exp are raised to it, so every term is a normal float (denormals would cost
+ * microcode assists); such a term is at most 2^-100 of the largest one, nothing in any sum or
+ * gradient. Table factors below 2^-100 are exactly 0 for the same reason.
  */
 #include <stdint.h>
 #include <math.h>
@@ -118,20 +120,22 @@ static inline vf vexp2(vf v, float min_exp) {
 /* ---------------------------------------------------------------- z^c by table and polynomial
  * For z in [0, 1] and one c per call (p in the forward, p − 1 in the backward) in the range where
  * the log2-then-exp2 route costs most: z = 2^e·m, m in [1, 2). Five bits of z (the low bits of e
- * and the top bits of m) pick one of 32 pieces, each with a centre a of its mantissa interval:
- *     z^c = (2^e·a)^c · (1 + u)^c,   u = m/a − 1,   |u| <= h.
+ * and the top bits of m) pick one of 32 pieces, each starting at a (its mantissa interval's lower
+ * end, to float rounding):
+ *     z^c = (2^e·a)^c · (1 + u)^c,   u = m/a − 1,   0 <= u < 1/P.
  * The first factor and 1/a are table entries (one 32-entry permute each), the second a polynomial
- * in u fitted for this c (Chebyshev nodes, relative error <= POW_TOLERANCE, about what log2 then
- * exp2 reach in float32 for the terms that matter): 8 + K vector operations for degree K, against
- * about 28 and a division. The table holds E exponents (E·P = 32, P pieces per octave): z below
- * 2^-(E−1) is raised to it, a term then at most 2^-(E−1)c, chosen below 2^-(28 + 2 log2 CI) of
- * any sum or gradient; the smallest E that allows this gives the narrowest pieces. AVX-512 only
- * (the 32-entry permute); elsewhere, and where no degree up to POW_MAX_DEGREE is accurate enough,
- * the log2/exp2 route serves. */
+ * in u fitted for this c (Chebyshev nodes; relative error <= POW_TOLERANCE as evaluated in float32,
+ * about what log2 then exp2 reach for the terms that matter; 4.4e-7 at most overall, measured):
+ * 8 + K vector operations for degree K, against about 28 and a division. The table holds E
+ * exponents (E·P = 32, P pieces per octave): z below 2^-(E−1) is raised to it, a term then at most
+ * 2^-(E−1)c, chosen below 2^-(28 + 2 log2 CI) of any sum or gradient; the smallest E that allows
+ * this gives the narrowest pieces. Plans are cached per thread. AVX-512 only (the 32-entry
+ * permute); elsewhere, and where no degree up to POW_MAX_DEGREE is accurate enough, the
+ * log2/exp2 route serves. */
 #define POW_PIECES 32
 #define POW_MIN_DEGREE 5
 #define POW_MAX_DEGREE 13
-#define POW_TOLERANCE 2e-7
+#define POW_TOLERANCE 3e-7
 #if defined(__AVX512F__) && LANES == 16
 #define POW_TABLES 1
 #else
@@ -147,17 +151,21 @@ typedef struct {
     float coef[POW_MAX_DEGREE + 1];
 } pow_plan;
 
-/* Relative error of the degree-K interpolant of (1 + u)^c on [−h, h] at Chebyshev nodes, its
- * coefficients (in u) written to coef; double precision throughout. */
-static double fit_power(double c, double h, int K, double *coef) {
-    double a[POW_MAX_DEGREE + 1][POW_MAX_DEGREE + 2];
+/* Fits (1 + u)^c on [0, W] by degree K: interpolation at Chebyshev nodes in t = 2u/W − 1 (a well
+ * conditioned Vandermonde), converted to coefficients in u, written to coef. Returns the largest
+ * relative error of the polynomial as the kernels evaluate it (float32 coefficients, float32
+ * Horner with fused multiply-adds) at 257 float32 points of [1, 1 + W) as m, u = m − 1. All
+ * coefficients and all u are >= 0 (the pieces start at their lower end), so Horner adds positive
+ * terms and keeps float32's relative accuracy; from the centre, terms of both signs cancelled. */
+static double fit_power(double c, double W, int K, double *coef) {
+    double a[POW_MAX_DEGREE + 1][POW_MAX_DEGREE + 2], mid = 0.5 * W;
     int n = K + 1;
-    for (int i = 0; i < n; i++) { /* Vandermonde in t = u/h at the nodes, solved by elimination */
+    for (int i = 0; i < n; i++) {
         double t = cos(M_PI * (i + 0.5) / n);
         for (int k = 0; k < n; k++) a[i][k] = pow(t, k);
-        a[i][n] = pow(1.0 + h * t, c);
+        a[i][n] = pow(1.0 + mid + mid * t, c);
     }
-    for (int k = 0; k < n; k++) {
+    for (int k = 0; k < n; k++) { /* elimination with partial pivoting */
         int piv = k;
         for (int i = k + 1; i < n; i++) if (fabs(a[i][k]) > fabs(a[piv][k])) piv = i;
         for (int j = 0; j <= n; j++) { double s = a[k][j]; a[k][j] = a[piv][j]; a[piv][j] = s; }
@@ -167,12 +175,22 @@ static double fit_power(double c, double h, int K, double *coef) {
             for (int j = k; j <= n; j++) a[i][j] -= f * a[k][j];
         }
     }
-    for (int k = 0; k < n; k++) coef[k] = a[k][n] / a[k][k] / pow(h, k);
+    /* Σ b_k t^k with t = (u − mid)/mid: expand each (u/mid − 1)^k by the binomial theorem */
+    for (int j = 0; j <= K; j++) coef[j] = 0.0;
+    for (int k = 0; k <= K; k++) {
+        double b = a[k][n] / a[k][k], binom = 1.0; /* binom = C(k, j) */
+        for (int j = 0; j <= k; j++) {
+            coef[j] += b * binom * (((k - j) & 1) ? -1.0 : 1.0) / pow(mid, j);
+            binom = binom * (k - j) / (j + 1);
+        }
+    }
+    float cf[POW_MAX_DEGREE + 1];
+    for (int k = 0; k <= K; k++) cf[k] = (float)coef[k];
     double worst = 0.0;
     for (int s = 0; s <= 256; s++) {
-        double u = h * (2.0 * s / 256 - 1.0), v = coef[K];
-        for (int k = K - 1; k >= 0; k--) v = v * u + coef[k];
-        double err = fabs(v / pow(1.0 + u, c) - 1.0);
+        float m = (float)(1.0 + W * s / 256.0), u = m - 1.0f, v = cf[K];
+        for (int k = K - 1; k >= 0; k--) v = fmaf(v, u, cf[k]);
+        double err = fabs(v / pow(1.0 + (double)u, c) - 1.0);
         worst = err > worst ? err : worst;
     }
     return worst;
@@ -187,20 +205,22 @@ static void make_plan(pow_plan *plan, float c, double need) {
     while (E <= 8 && (E - 1) * (double)c < need) E *= 2;
     if (E > 8) return;
     int P = POW_PIECES / E, log2P = __builtin_ctz(P);
-    /* the half-width of u, widened for the float scale's rounding */
-    double width = 1.0 / P, h = 0.5 * width / (1.0 + 0.5 * width) * (1.0 + 1e-6), coef[POW_MAX_DEGREE + 1];
+    /* u runs over [0, width) in the first piece of an octave, less in the others; widened for the
+     * float scale's rounding */
+    double width = 1.0 / P, coef[POW_MAX_DEGREE + 1];
     int K = POW_MIN_DEGREE;
-    while (K <= POW_MAX_DEGREE && fit_power(c, h, K, coef) > POW_TOLERANCE) K++;
+    while (K <= POW_MAX_DEGREE && fit_power(c, width * (1.0 + 1e-6), K, coef) > POW_TOLERANCE) K++;
     if (K > POW_MAX_DEGREE) return;
     for (int k = 0; k <= K; k++) plan->coef[k] = (float)coef[k];
     for (int idx = 0; idx < POW_PIECES; idx++) {
         int piece = idx & (P - 1), low = idx >> log2P;
         int biased = 127 - ((127 - low) % E + E) % E; /* the one in 128 − E .. 127 that is low mod E */
-        /* a is the exact inverse of the float scale: then u = m·scale − 1, one fused multiply-add,
-         * carries a single rounding (relative error c·|u|·2^-24 in z^c, not c·2^-24) */
-        plan->scale[idx] = (float)(1.0 / (1.0 + (piece + 0.5) * width));
-        double centre = 1.0 / plan->scale[idx];
-        double value = pow(ldexp(centre, biased - 127), c);
+        /* a, the piece's lower end, is taken as the exact inverse of the float scale: then u =
+         * m·scale − 1, one fused multiply-add, carries a single rounding (relative error at most
+         * c·u·2^-24 in z^c, not c·2^-24) */
+        plan->scale[idx] = (float)(1.0 / (1.0 + piece * width));
+        double start = 1.0 / plan->scale[idx];
+        double value = pow(ldexp(start, biased - 127), c);
         plan->factor[idx] = value < 0x1p-100 ? 0.0f : (float)value; /* 0, not a denormal */
     }
     plan->shift = 23 - log2P;
@@ -544,7 +564,12 @@ static void backward_inf_w_range(const int64_t *index, const float *g, float *gw
  * writes its grad_x partial sum at gx + k·gx_stride. */
 #ifdef _OPENMP
 #include <omp.h>
-#define EACH_RANGE _Pragma("omp parallel for schedule(static, 1) num_threads((int)count)") \
+/* at most torch's thread count (omp_get_max_threads, which torch.set_num_threads sets) */
+static int team(int64_t count) {
+    int t = omp_get_max_threads();
+    return count < 1 ? 1 : count < t ? (int)count : t;
+}
+#define EACH_RANGE _Pragma("omp parallel for schedule(static, 1) num_threads(team(count))") \
     for (int64_t k = first; k < first + count; k++)
 /* The address of omp_get_max_threads as this library resolved it: equal to the one in torch's
  * libgomp when both share one runtime. */
@@ -589,7 +614,7 @@ void lp_backward_inf_w(const int64_t *index, const float *g, float *gw, int64_t 
 int lp_all_finite(const float *p, const int64_t *lo, const int64_t *hi, int64_t first, int64_t count) {
     int ok = 1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static, 1) num_threads((int)count) reduction(&: ok)
+#pragma omp parallel for schedule(static, 1) num_threads(team(count)) reduction(&: ok)
 #endif
     for (int64_t k = first; k < first + count; k++) ok &= all_finite_range(p, lo[k], hi[k]);
     return ok;
