@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fmnist-linf-v2-short recipe trained twice, one run after the other, each with both threads of
-# the 2-core development machine (as a user runs it): with the native kernels as of commit 9af7f68
+# the 2-core development machine (as a user runs it): with the native kernels as of commit a05c339
 # (powers by table for 7 ≲ p < 60, ranges on torch's own OpenMP threads) and as of b9c60b0 (log2
 # then exp2 at every p, ranges on Python threads beside torch's spinning ones), the latter from a
 # git worktree of that commit. Same seed, data and conditions; each run's JSON-lines log has its
