@@ -190,6 +190,7 @@ def _load() -> ctypes.CDLL:
             _parallelism = f"Python threads (the OpenMP build failed: {error})"
     if lib is None:
         lib = _open(FLAGS)
+        lib.lp_openmp_symbol.restype = ctypes.c_void_p
     ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     ranges: list[Any] = [ptr, ptr, i64, i64]  # lo, hi, first, count
     lib.lp_row_multiple.restype = ctypes.c_int
