@@ -277,6 +277,13 @@ static inline pow_regs pow_regs_of(const pow_plan *plan) { (void)plan; return (p
 static inline vf vpow_table(vf z, const pow_regs *r, int K) { (void)r; (void)K; return z; } /* unused */
 #endif
 
+/* z^c by the route the plan chose: the table for degree K > 0 (z < 2), else log2 then exp2 with
+ * exponents raised to min_exp (c folded into lc). */
+static inline __attribute__((always_inline)) vf vpow(vf z, const pow_regs *table,
+                                                     const scaled_log2 *lc, int K, float min_exp) {
+    return K ? vpow_table(z, table, K) : vexp2(vlog2_times(z, lc), min_exp);
+}
+
 /* Call body(K) with the plan's degree K as a constant, so that each degree gets its own unrolled
  * polynomial; K = 0 is the log2/exp2 route. */
 #define WITH_DEGREE(K_, body) do { switch (K_) { \
@@ -299,7 +306,7 @@ void lp_power(const float *z, float *out, int64_t n, float c, int64_t CI) {
     const pow_regs table = pow_regs_of(&plan);
     const scaled_log2 lc = scaled_log2_of(c);
 #define POWER(K) for (int64_t i = 0; i < n; i += LANES) \
-        store(out + i, K ? vpow_table(load(z + i), &table, K) : vexp2(vlog2_times(load(z + i), &lc), -126.0f))
+        store(out + i, vpow(load(z + i), &table, &lc, K, -126.0f))
     WITH_DEGREE(plan.degree, POWER);
 #undef POWER
 }
@@ -348,7 +355,7 @@ static inline __attribute__((always_inline)) void forward_rows(
             for (int k = 0; k < rows; k++) {
                 vf r = vabs(load(x + (b + k) * CI + i) - wv) * inv[k];
                 if (sparse && !any(r >= r_min)) continue;
-                acc[k] += K ? vpow_table(r, table, K) : vexp2(vlog2_times(r, &lp), -126.0f);
+                acc[k] += vpow(r, table, &lp, K, -126.0f);
             }
         }
         for (int k = 0; k < rows; k++) {
@@ -458,8 +465,7 @@ static inline __attribute__((always_inline)) void backward_rows(
                 vf q = vabs(d * rk[k]);
                 if (sparse && !any(q >= q_min)) continue;
                 /* q <= 1 when y is this forward's; the table covers q < 2 */
-                vf t = (K ? vpow_table(vselect(q < q_max, q, q_max), table, K)
-                          : vexp2(vlog2_times(q, &lp), min_exp)) * gk[k];
+                vf t = vpow(K ? vselect(q < q_max, q, q_max) : q, table, &lp, K, min_exp) * gk[k];
                 vi sign = (vi)d & (int32_t)0x80000000;
                 t = (vf)(((vi)t ^ sign) & (d != 0.0f)); /* sign(0) = 0 */
                 sum += t;
